@@ -1,0 +1,35 @@
+"""Test harness: real services where a test needs them.
+
+Tests marked ``postgres`` need DATABASE_URL to point at PostgreSQL and tests marked
+``redis`` need REDIS_URL. Without them they are skipped (so ``make test`` runs on a
+machine with only Python), unless OASIS_REQUIRE_SERVICES=1, as in CI, where a missing
+service fails the run instead of hiding tests.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    from django.conf import settings
+
+    on_postgres = settings.DATABASES["default"]["ENGINE"].endswith("postgresql")
+    has_redis = bool(settings.REDIS_URL)
+    required = os.environ.get("OASIS_REQUIRE_SERVICES") == "1"
+    missing = []
+    if not on_postgres and any("postgres" in item.keywords for item in items):
+        missing.append("PostgreSQL (DATABASE_URL=postgres://...)")
+    if not has_redis and any("redis" in item.keywords for item in items):
+        missing.append("Redis (REDIS_URL=redis://...)")
+    if missing and required:
+        raise pytest.UsageError(
+            f"OASIS_REQUIRE_SERVICES=1 but these are not configured: {', '.join(missing)}"
+        )
+    for item in items:
+        if "postgres" in item.keywords and not on_postgres:
+            item.add_marker(pytest.mark.skip(reason="needs PostgreSQL: set DATABASE_URL=postgres://..."))
+        if "redis" in item.keywords and not has_redis:
+            item.add_marker(pytest.mark.skip(reason="needs Redis: set REDIS_URL=redis://..."))

@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class OasisSiteConfig(AppConfig):
+    name = "oasis_site"
+    verbose_name = "Oasis site"

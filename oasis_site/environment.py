@@ -1,0 +1,311 @@
+"""The one place Oasis reads its environment.
+
+Every variable is parsed and validated here, into an immutable `Environment`, and
+`settings.py` turns that into Django settings. Nothing else in the code base reads
+`os.environ` for configuration. Every variable is documented in `.env.example`.
+
+A bad value raises `ConfigurationError` whose message is one line naming the variable
+and what is expected; `settings.py` turns that into a refusal to start.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+EnvName = Literal["dev", "test", "prod"]
+LogFormat = Literal["json", "console"]
+
+ENV_NAMES: tuple[EnvName, ...] = ("dev", "test", "prod")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+# Only for dev/test. Never valid in prod: `read_environment` demands SECRET_KEY there.
+INSECURE_DEV_SECRET_KEY = "oasis-dev-insecure-secret-key-do-not-use-in-production-0123456789"  # noqa: S105
+
+# Every variable `read_environment` understands, so that tooling (docker-compose checks,
+# `.env.example` checks) can tell a documented variable from a typo.
+KNOWN_VARIABLES: tuple[str, ...] = (
+    "OASIS_ENV",
+    "SECRET_KEY",
+    "DEBUG",
+    "DATABASE_URL",
+    "REDIS_URL",
+    "MONGO_URL",
+    "OASIS_BIND",
+    "OASIS_PORT",
+    "ALLOWED_HOSTS",
+    "CORS_ALLOWED_ORIGINS",
+    "CSRF_TRUSTED_ORIGINS",
+    "OASIS_PROXY_HEADERS",
+    "OASIS_SSL_REDIRECT",
+    "OASIS_HSTS_SECONDS",
+    "OASIS_LOG_FORMAT",
+    "OASIS_LOG_LEVEL",
+)
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+class ConfigurationError(ValueError):
+    """A variable is missing or malformed. The message names it and what is expected."""
+
+
+@dataclass(frozen=True)
+class Environment:
+    name: EnvName
+    debug: bool
+    secret_key: str
+    database: dict[str, Any]
+    redis_url: str | None
+    mongo_url: str | None
+    bind: str
+    port: int
+    allowed_hosts: list[str]
+    cors_allowed_origins: list[str]
+    csrf_trusted_origins: list[str]
+    proxy_headers: bool
+    ssl_redirect: bool
+    hsts_seconds: int
+    log_format: LogFormat
+    log_level: str
+    var_dir: Path = field(repr=False, default=Path("var"))
+
+    @property
+    def is_prod(self) -> bool:
+        return self.name == "prod"
+
+
+def read_environment(environ: Mapping[str, str], *, base_dir: Path) -> Environment:
+    """Parse and validate `environ`. Raises `ConfigurationError` on the first bad variable."""
+
+    def get(name: str) -> str | None:
+        value = environ.get(name)
+        if value is None:
+            return None
+        value = value.strip()
+        return value or None
+
+    name = get("OASIS_ENV") or "dev"
+    if name not in ENV_NAMES:
+        raise ConfigurationError(f"OASIS_ENV must be one of dev, test, prod; got {name!r}")
+    env_name: EnvName = name  # type: ignore[assignment]
+    prod = env_name == "prod"
+
+    debug = _parse_bool("DEBUG", get("DEBUG"), default=False)
+    if prod and debug:
+        raise ConfigurationError("DEBUG must be off when OASIS_ENV=prod (unset it or set DEBUG=0)")
+
+    secret_key = get("SECRET_KEY")
+    if secret_key is None:
+        if prod:
+            raise ConfigurationError(
+                "SECRET_KEY is required when OASIS_ENV=prod: set it to a random string of at "
+                "least 50 characters"
+            )
+        secret_key = INSECURE_DEV_SECRET_KEY
+    elif prod and (len(secret_key) < 50 or len(set(secret_key)) < 5):
+        raise ConfigurationError(
+            "SECRET_KEY is too weak for OASIS_ENV=prod: expected a random string of at least "
+            "50 characters with at least 5 distinct characters"
+        )
+
+    var_dir = base_dir / "var"
+    database = parse_database_url(get("DATABASE_URL"), base_dir=base_dir)
+
+    redis_url = get("REDIS_URL")
+    if redis_url is None:
+        if prod:
+            raise ConfigurationError(
+                "REDIS_URL is required when OASIS_ENV=prod (e.g. redis://redis:6379/0); the "
+                "in-memory channel layer and eager Celery are for dev and test only"
+            )
+    else:
+        _check_url("REDIS_URL", redis_url, ("redis", "rediss", "unix"), "redis://host:6379/0")
+
+    mongo_url = get("MONGO_URL")
+    if mongo_url is not None:
+        _check_url("MONGO_URL", mongo_url, ("mongodb", "mongodb+srv"), "mongodb://host:27017/oasis")
+
+    bind = get("OASIS_BIND") or "127.0.0.1"
+    try:
+        ipaddress.ip_address(bind)
+    except ValueError:
+        raise ConfigurationError(
+            f"OASIS_BIND must be an IP address to listen on (127.0.0.1, or 0.0.0.0 for all "
+            f"interfaces); got {bind!r}"
+        ) from None
+    port = _parse_int("OASIS_PORT", get("OASIS_PORT"), default=8000, low=1, high=65535)
+
+    default_hosts = ["127.0.0.1", "localhost", "[::1]"]
+    if env_name == "test":
+        default_hosts.append("testserver")
+    allowed_hosts = _parse_list(get("ALLOWED_HOSTS"))
+    if not allowed_hosts:
+        if prod:
+            raise ConfigurationError(
+                "ALLOWED_HOSTS is required when OASIS_ENV=prod: a comma-separated list of the "
+                "host names the site is served under"
+            )
+        allowed_hosts = default_hosts
+
+    cors = _parse_origins("CORS_ALLOWED_ORIGINS", get("CORS_ALLOWED_ORIGINS"))
+    csrf_trusted = _parse_origins("CSRF_TRUSTED_ORIGINS", get("CSRF_TRUSTED_ORIGINS"))
+
+    proxy_headers = _parse_bool("OASIS_PROXY_HEADERS", get("OASIS_PROXY_HEADERS"), default=False)
+    ssl_redirect = _parse_bool("OASIS_SSL_REDIRECT", get("OASIS_SSL_REDIRECT"), default=prod)
+    hsts_seconds = _parse_int(
+        "OASIS_HSTS_SECONDS",
+        get("OASIS_HSTS_SECONDS"),
+        default=31_536_000 if prod else 0,
+        low=0,
+        high=63_072_000,
+    )
+
+    log_format = get("OASIS_LOG_FORMAT") or ("console" if env_name == "dev" else "json")
+    if log_format not in ("json", "console"):
+        raise ConfigurationError(f"OASIS_LOG_FORMAT must be json or console; got {log_format!r}")
+    log_level = (get("OASIS_LOG_LEVEL") or "INFO").upper()
+    if log_level not in LOG_LEVELS:
+        raise ConfigurationError(f"OASIS_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}; got {log_level!r}")
+
+    return Environment(
+        name=env_name,
+        debug=debug,
+        secret_key=secret_key,
+        database=database,
+        redis_url=redis_url,
+        mongo_url=mongo_url,
+        bind=bind,
+        port=port,
+        allowed_hosts=allowed_hosts,
+        cors_allowed_origins=cors,
+        csrf_trusted_origins=csrf_trusted,
+        proxy_headers=proxy_headers,
+        ssl_redirect=ssl_redirect,
+        hsts_seconds=hsts_seconds,
+        log_format=log_format,  # type: ignore[arg-type]
+        log_level=log_level,
+        var_dir=var_dir,
+    )
+
+
+def parse_database_url(url: str | None, *, base_dir: Path) -> dict[str, Any]:
+    """Turn DATABASE_URL into a Django DATABASES entry.
+
+    Supported: ``sqlite:///relative/or/absolute/path`` and
+    ``postgres://user:password@host:port/name?option=value`` (``postgresql://`` too).
+    Query options are passed to the driver (e.g. ``sslmode=require``). Unset: the SQLite
+    file ``var/oasis.sqlite3`` under `base_dir`, the embedded default.
+    """
+    if url is None:
+        return _sqlite_config(base_dir / "var" / "oasis.sqlite3")
+    expected = "postgres://user:password@host:5432/name or sqlite:///path/to/file.sqlite3"
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise ConfigurationError(f"DATABASE_URL is malformed ({exc}); expected {expected}") from None
+    scheme = parts.scheme.lower()
+    if scheme == "sqlite":
+        path = unquote(parts.path)
+        if parts.netloc or not path or path == "/":
+            raise ConfigurationError(f"DATABASE_URL is malformed: expected {expected}")
+        # As in SQLAlchemy: sqlite:///var/x.sqlite3 is relative (to the project directory),
+        # sqlite:////abs/x.sqlite3 is absolute.
+        return _sqlite_config(base_dir / path[1:])
+    if scheme in ("postgres", "postgresql"):
+        name = unquote(parts.path.lstrip("/"))
+        if not parts.hostname or not name or "/" in name:
+            raise ConfigurationError(
+                f"DATABASE_URL is malformed: a PostgreSQL URL needs a host and a database name; "
+                f"expected {expected}"
+            )
+        options: dict[str, str] = dict(parse_qsl(parts.query, keep_blank_values=False))
+        return {
+            "ENGINE": "django_prometheus.db.backends.postgresql",
+            "NAME": name,
+            "USER": unquote(parts.username or ""),
+            "PASSWORD": unquote(parts.password or ""),
+            "HOST": parts.hostname,
+            "PORT": str(port or 5432),
+            "CONN_MAX_AGE": 0,
+            "CONN_HEALTH_CHECKS": True,
+            "OPTIONS": options,
+        }
+    raise ConfigurationError(
+        f"DATABASE_URL has unsupported scheme {scheme or '(none)'!r}: expected {expected}"
+    )
+
+
+def _sqlite_config(path: Path) -> dict[str, Any]:
+    return {
+        "ENGINE": "django_prometheus.db.backends.sqlite3",
+        "NAME": str(path),
+        "OPTIONS": {
+            # IMMEDIATE takes the write lock when a transaction starts, so read-then-write
+            # services (the audit hash chain) are serialised on SQLite as on PostgreSQL.
+            "transaction_mode": "IMMEDIATE",
+            "timeout": 20,
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        },
+    }
+
+
+def _check_url(name: str, url: str, schemes: tuple[str, ...], example: str) -> None:
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - parsing the port validates it
+    except ValueError as exc:
+        raise ConfigurationError(f"{name} is malformed ({exc}); expected e.g. {example}") from None
+    if parts.scheme.lower() not in schemes:
+        raise ConfigurationError(
+            f"{name} must use one of the schemes {', '.join(schemes)}; expected e.g. {example}"
+        )
+    if parts.scheme.lower() != "unix" and not parts.hostname:
+        raise ConfigurationError(f"{name} has no host; expected e.g. {example}")
+
+
+def _parse_bool(name: str, value: str | None, *, default: bool) -> bool:
+    if value is None:
+        return default
+    lowered = value.lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise ConfigurationError(f"{name} must be a boolean (1/0, true/false, yes/no, on/off); got {value!r}")
+
+
+def _parse_int(name: str, value: str | None, *, default: int, low: int, high: int) -> int:
+    if value is None:
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        raise ConfigurationError(f"{name} must be a whole number; got {value!r}") from None
+    if not low <= number <= high:
+        raise ConfigurationError(f"{name} must be between {low} and {high}; got {number}")
+    return number
+
+
+def _parse_list(value: str | None) -> list[str]:
+    if value is None:
+        return []
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def _parse_origins(name: str, value: str | None) -> list[str]:
+    origins = _parse_list(value)
+    for origin in origins:
+        parts = urlsplit(origin)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.path not in ("", "/"):
+            raise ConfigurationError(
+                f"{name} must be a comma-separated list of origins such as "
+                f"https://desk.example.com; got {origin!r}"
+            )
+    return [origin.rstrip("/") for origin in origins]

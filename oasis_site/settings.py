@@ -1,0 +1,181 @@
+"""Django settings for Oasis.
+
+All configuration comes from the environment, read and validated in one place
+(`oasis_site.environment`). A missing or malformed variable stops the process with one
+line naming it; prod never falls back to SQLite-only, in-memory or eager modes.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import django_stubs_ext
+
+from oasis_site.environment import ConfigurationError, read_environment
+from oasis_site.structured_logging import logging_config
+
+# Lets admin.ModelAdmin[Model] and other generic Django classes be subscripted at run time.
+django_stubs_ext.monkeypatch()
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+try:
+    ENV = read_environment(os.environ, base_dir=BASE_DIR)
+except ConfigurationError as exc:
+    # One line naming the variable, no traceback: this is an operator's mistake, not a bug.
+    sys.exit(f"oasis: refusing to start: {exc}")
+
+OASIS_ENV = ENV.name
+OASIS_BIND = ENV.bind
+OASIS_PORT = ENV.port
+OASIS_PROXY_HEADERS = ENV.proxy_headers
+MONGO_URL = ENV.mongo_url
+REDIS_URL = ENV.redis_url
+
+SECRET_KEY = ENV.secret_key
+DEBUG = ENV.debug
+ALLOWED_HOSTS = ENV.allowed_hosts
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "channels",
+    "corsheaders",
+    "django_prometheus",
+    "rest_framework",
+    "waffle",
+    "oasis_site",
+    "audit",
+    "marketdata",
+    "rules",
+    "trading",
+]
+
+MIDDLEWARE = [
+    "django_prometheus.middleware.PrometheusBeforeMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "corsheaders.middleware.CorsMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "waffle.middleware.WaffleMiddleware",
+    "django_prometheus.middleware.PrometheusAfterMiddleware",
+]
+
+ROOT_URLCONF = "oasis_site.urls"
+ASGI_APPLICATION = "oasis_site.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASES = {"default": ENV.database}
+if ENV.database["ENGINE"].endswith("sqlite3"):
+    Path(ENV.database["NAME"]).parent.mkdir(parents=True, exist_ok=True)
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+if ENV.redis_url:
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": ENV.redis_url,
+            "KEY_PREFIX": f"oasis-{ENV.name}",
+        }
+    }
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [ENV.redis_url], "prefix": f"oasis-{ENV.name}"},
+        }
+    }
+else:
+    # Embedded default, dev/test only (environment.py refuses prod without REDIS_URL).
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+# Celery: one app (oasis_site/celery.py) configured from these CELERY_* settings.
+CELERY_BROKER_URL = ENV.redis_url or "memory://"
+CELERY_RESULT_BACKEND = None
+CELERY_TASK_ALWAYS_EAGER = ENV.redis_url is None
+CELERY_TASK_EAGER_PROPAGATES = True
+# "Nothing lost": a task is acknowledged after it ran, and requeued if its worker dies.
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_DEFAULT_QUEUE = "default"
+CELERY_TASK_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TIMEZONE = "UTC"
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {}
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+if ENV.name == "test":
+    PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = ENV.var_dir / "staticfiles"
+
+LOGIN_URL = "admin:login"
+
+# Security headers, everywhere.
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+SESSION_COOKIE_HTTPONLY = True
+CSRF_TRUSTED_ORIGINS = ENV.csrf_trusted_origins
+CORS_ALLOWED_ORIGINS = ENV.cors_allowed_origins
+if ENV.proxy_headers:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SECURE_SSL_REDIRECT = ENV.ssl_redirect
+# Probes and the Prometheus scraper talk plain HTTP inside the cluster.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]
+SECURE_HSTS_SECONDS = ENV.hsts_seconds
+SECURE_HSTS_INCLUDE_SUBDOMAINS = ENV.hsts_seconds > 0
+if ENV.is_prod:
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+# HSTS preload is a commitment the operator makes for the whole domain, not a default we can
+# choose for them: docs/decisions/0003-settings-from-environment.md.
+SILENCED_SYSTEM_CHECKS = ["security.W021"]
+
+LOGGING = logging_config(log_format=ENV.log_format, level=ENV.log_level)
+
+WAFFLE_FLAG_DEFAULT = False
+WAFFLE_SWITCH_DEFAULT = False
+WAFFLE_CREATE_MISSING_FLAGS = False
+
+PROMETHEUS_EXPORT_MIGRATIONS = False

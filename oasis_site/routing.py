@@ -1,0 +1,9 @@
+"""The site's own WebSocket routes. Each app adds its routes in its own ``routing.py``."""
+
+from django.urls import path
+
+from oasis_site.consumers import PingConsumer
+
+websocket_urlpatterns = [
+    path("ws/ping/", PingConsumer.as_asgi()),
+]

@@ -1,0 +1,15 @@
+from django.contrib import admin
+from django.urls import include, path
+
+from oasis_site import views
+
+admin.site.site_header = "Oasis operations"
+admin.site.site_title = "Oasis operations"
+admin.site.index_title = "Operations"
+
+urlpatterns = [
+    path("healthz", views.healthz, name="healthz"),
+    path("readyz", views.readyz, name="readyz"),
+    path("", include("django_prometheus.urls")),
+    path("admin/", admin.site.urls),
+]

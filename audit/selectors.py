@@ -1,0 +1,76 @@
+"""Reads of the audit log."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from audit.chain import GENESIS_HASH, EventContent, event_hash
+from audit.models import AuditEvent
+
+
+@dataclass(frozen=True)
+class ChainVerification:
+    checked: int
+    head_seq: int | None
+    head_hash: str | None
+    broken_event_id: int | None = None
+    broken_seq: int | None = None
+    problem: str | None = None
+
+    @property
+    def intact(self) -> bool:
+        return self.problem is None
+
+
+def audit_chain_verify(*, batch_size: int = 2000) -> ChainVerification:
+    """Walk the whole chain in order and report the first event that breaks it.
+
+    An event breaks the chain when its stored hash does not match its contents (it was
+    changed), when it does not point at the previous event's hash, or when its sequence
+    number skips (events were removed before it).
+    """
+    expected_seq = 1
+    prev_hash = GENESIS_HASH
+    checked = 0
+    last_seq = 0
+    while True:
+        batch = list(AuditEvent.objects.filter(seq__gt=last_seq).order_by("seq")[:batch_size])
+        if not batch:
+            break
+        for event in batch:
+            problem = None
+            if event.seq != expected_seq:
+                problem = f"sequence jumps from {expected_seq - 1} to {event.seq}: events are missing"
+            elif event.prev_hash != prev_hash:
+                problem = "prev_hash does not match the previous event's hash"
+            elif event.hash != event_hash(_content_of(event)):
+                problem = "stored hash does not match the event's contents"
+            if problem is not None:
+                return ChainVerification(
+                    checked=checked,
+                    head_seq=last_seq or None,
+                    head_hash=prev_hash if checked else None,
+                    broken_event_id=event.pk,
+                    broken_seq=event.seq,
+                    problem=problem,
+                )
+            checked += 1
+            expected_seq = event.seq + 1
+            prev_hash = event.hash
+            last_seq = event.seq
+    return ChainVerification(
+        checked=checked, head_seq=last_seq or None, head_hash=prev_hash if checked else None
+    )
+
+
+def _content_of(event: AuditEvent) -> EventContent:
+    return EventContent(
+        seq=event.seq,
+        created_at=event.created_at,
+        actor=event.actor,
+        action=event.action,
+        object_type=event.object_type,
+        object_id=event.object_id,
+        payload=event.payload,
+        prev_hash=event.prev_hash,
+    )

@@ -1,0 +1,95 @@
+"""Writes to the audit log. `audit_record` is the only way an event is written."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import connection, models, transaction
+from django.utils import timezone
+
+from audit.chain import GENESIS_HASH, EventContent, event_hash, normalise_payload
+from audit.models import AuditEvent
+
+logger = structlog.get_logger(__name__)
+
+# Key of the PostgreSQL advisory lock that serialises writers of the chain (any constant
+# unique to this use; "OASISAUD" in ASCII).
+CHAIN_LOCK_KEY = 0x4F41534953415544 & 0x7FFFFFFFFFFFFFFF
+
+Actor = str | AbstractBaseUser
+
+
+def actor_label(actor: Actor) -> str:
+    """``user:<username>`` for a user; a string is taken as it is (``system:<component>``)."""
+    if isinstance(actor, AbstractBaseUser):
+        return f"user:{actor.get_username()}"
+    if not isinstance(actor, str) or not actor.strip():
+        raise ValueError("actor must be a user or a non-empty string such as 'system:ingestor'")
+    return actor.strip()
+
+
+def audit_record(
+    *,
+    actor: Actor,
+    action: str,
+    obj: models.Model | None = None,
+    payload: dict[str, Any],
+) -> AuditEvent:
+    """Append one event to the audit log and return it.
+
+    Runs in the caller's transaction when there is one, so the event commits or rolls back
+    with the state change it records. Writers are serialised (an advisory lock on
+    PostgreSQL, the write lock on SQLite), so concurrent writers never fork the chain.
+    A payload that cannot be stored exactly raises `audit.chain.PayloadError` and nothing
+    is written.
+    """
+    label = actor_label(actor)
+    if not isinstance(action, str) or not action.strip() or len(action) > 100:
+        raise ValueError("action must be a non-empty string of at most 100 characters, e.g. 'rules.activate'")
+    clean_payload = normalise_payload(payload)
+    object_type, object_id = ("", "")
+    if obj is not None:
+        if obj.pk is None:
+            raise ValueError("obj must be saved before it is audited (it has no primary key)")
+        object_type, object_id = obj._meta.label_lower, str(obj.pk)
+
+    with transaction.atomic():
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_xact_lock(%s)", [CHAIN_LOCK_KEY])
+        head = AuditEvent.objects.order_by("-seq").values_list("seq", "hash").first()
+        seq, prev_hash = (head[0] + 1, head[1]) if head else (1, GENESIS_HASH)
+        content = EventContent(
+            seq=seq,
+            created_at=timezone.now(),
+            actor=label,
+            action=action.strip(),
+            object_type=object_type,
+            object_id=object_id,
+            payload=clean_payload,
+            prev_hash=prev_hash,
+        )
+        event = AuditEvent.objects.create(
+            seq=content.seq,
+            created_at=content.created_at,
+            actor=content.actor,
+            action=content.action,
+            object_type=content.object_type,
+            object_id=content.object_id,
+            payload=content.payload,
+            prev_hash=content.prev_hash,
+            hash=event_hash(content),
+        )
+        transaction.on_commit(
+            lambda: logger.info(
+                "audit_event_recorded",
+                seq=event.seq,
+                actor=event.actor,
+                action=event.action,
+                object_type=event.object_type,
+                object_id=event.object_id,
+            )
+        )
+    return event

@@ -96,6 +96,10 @@ def test_make_run_path_serves_probes_metrics_and_admin(tmp_path):
         assert headers["Content-Type"].startswith("text/plain")
         assert "# TYPE django_http_requests_total_by_method_total counter" in body
 
+        status, headers, _ = get(opener, f"{base}/static/admin/css/base.css")
+        assert status == 200
+        assert headers["Content-Type"].startswith("text/css")
+
         status, _, body = get(opener, f"{base}/admin/login/")
         assert status == 200
         token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', body)

@@ -1,0 +1,55 @@
+"""The embedded default: a SQLite file as `make run` uses, written by several processes at
+once (web, ingestor, worker), keeps one unforked chain: BEGIN IMMEDIATE makes each
+audit_record wait for the write lock instead of reading a stale head."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+WRITER_SCRIPT = """
+import django, sys
+django.setup()
+from audit.services import audit_record
+label, count = sys.argv[1], int(sys.argv[2])
+for i in range(count):
+    audit_record(actor="system:" + label, action="test.concurrent", payload={"i": i})
+"""
+
+
+def test_concurrent_processes_on_a_sqlite_file_keep_one_chain(tmp_path):
+    env = {
+        **{k: v for k, v in os.environ.items() if k not in {"REDIS_URL", "DATABASE_URL"}},
+        "OASIS_ENV": "test",
+        "DJANGO_SETTINGS_MODULE": "oasis_site.settings",
+        "DATABASE_URL": f"sqlite:///{tmp_path}/embedded.sqlite3",
+    }
+    migrate = subprocess.run(
+        [sys.executable, "manage.py", "migrate", "--no-input"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert migrate.returncode == 0, migrate.stderr
+    writers = [
+        subprocess.Popen(
+            [sys.executable, "-c", WRITER_SCRIPT, f"proc{n}", "50"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for n in range(4)
+    ]
+    for writer in writers:
+        _, stderr = writer.communicate(timeout=180)
+        assert writer.returncode == 0, stderr
+    verify = subprocess.run(
+        [sys.executable, "manage.py", "audit_verify"], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert verify.returncode == 0, verify.stderr
+    assert "audit chain intact: 200 events, head seq=200" in verify.stdout

@@ -76,12 +76,7 @@ def concurrent_writers(writers: int, each: int) -> float:
     return writers * each / (time.perf_counter() - started)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--events", type=int, default=2000, help="events for the single-writer run")
-    parser.add_argument("--writers", type=int, default=4, help="threads for the concurrent run")
-    args = parser.parse_args()
-
+def one_run(events: int, writers: int) -> dict[str, float]:
     if connection.vendor == "sqlite":
         # A file, as `make run` uses, not the in-memory test database: its shared-cache
         # locking fails concurrent writers instead of making them wait.
@@ -89,19 +84,39 @@ def main() -> None:
         connection.settings_dict["TEST"]["NAME"] = str(scratch)
     old_config = setup_databases(verbosity=0, interactive=False)
     try:
-        print(f"database: {connection.vendor}")
-        rate, p50, p95 = single_writer(args.events)
-        print(f"single writer: {rate:,.0f} events/s, latency p50 {p50:.2f} ms, p95 {p95:.2f} ms")
-        rate = concurrent_writers(args.writers, args.events // args.writers)
-        print(f"{args.writers} concurrent writers: {rate:,.0f} events/s in total")
+        rate, p50, p95 = single_writer(events)
+        concurrent = concurrent_writers(writers, events // writers)
         started = time.perf_counter()
         result = audit_chain_verify()
         elapsed = time.perf_counter() - started
         assert result.intact, result.problem
-        rate = result.checked / elapsed
-        print(f"audit_verify: {result.checked:,} events in {elapsed:.2f} s ({rate:,.0f} events/s)")
+        return {
+            "single writer events/s": rate,
+            "single writer p50 ms": p50,
+            "single writer p95 ms": p95,
+            f"{writers} writers events/s": concurrent,
+            "audit_verify events/s": result.checked / elapsed,
+        }
     finally:
         teardown_databases(old_config, verbosity=0)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=2000, help="events for the single-writer run")
+    parser.add_argument("--writers", type=int, default=4, help="threads for the concurrent run")
+    parser.add_argument("--runs", type=int, default=5, help="runs, each on a fresh database")
+    args = parser.parse_args()
+
+    print(f"database: {connection.vendor}, {args.events} events per run, {args.runs} runs")
+    runs = []
+    for n in range(args.runs):
+        figures = one_run(args.events, args.writers)
+        runs.append(figures)
+        print(f"run {n + 1}: " + ", ".join(f"{name} {value:,.2f}" for name, value in figures.items()))
+    print(
+        "median: " + ", ".join(f"{name} {statistics.median(r[name] for r in runs):,.2f}" for name in runs[0])
+    )
 
 
 if __name__ == "__main__":

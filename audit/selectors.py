@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from audit.chain import GENESIS_HASH, EventContent, event_hash
 from audit.models import AuditEvent
@@ -64,13 +64,4 @@ def audit_chain_verify(*, batch_size: int = 2000) -> ChainVerification:
 
 
 def _content_of(event: AuditEvent) -> EventContent:
-    return EventContent(
-        seq=event.seq,
-        created_at=event.created_at,
-        actor=event.actor,
-        action=event.action,
-        object_type=event.object_type,
-        object_id=event.object_id,
-        payload=event.payload,
-        prev_hash=event.prev_hash,
-    )
+    return EventContent(**{field.name: getattr(event, field.name) for field in fields(EventContent)})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
 import structlog
@@ -71,17 +72,7 @@ def audit_record(
             payload=clean_payload,
             prev_hash=prev_hash,
         )
-        event = AuditEvent.objects.create(
-            seq=content.seq,
-            created_at=content.created_at,
-            actor=content.actor,
-            action=content.action,
-            object_type=content.object_type,
-            object_id=content.object_id,
-            payload=content.payload,
-            prev_hash=content.prev_hash,
-            hash=event_hash(content),
-        )
+        event = AuditEvent.objects.create(**asdict(content), hash=event_hash(content))
         transaction.on_commit(
             lambda: logger.info(
                 "audit_event_recorded",

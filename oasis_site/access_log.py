@@ -33,9 +33,15 @@ def request_id_from(scope: Scope) -> str:
     return uuid.uuid4().hex
 
 
-def _client_ip(scope: Scope) -> str | None:
+def _log_finished(event: str, scope: Scope, started: float, **fields: Any) -> None:
     client = scope.get("client")
-    return client[0] if client else None
+    logger.info(
+        event,
+        path=scope.get("path"),
+        **fields,
+        duration_ms=round((time.perf_counter() - started) * 1000, 2),
+        client_ip=client[0] if client else None,
+    )
 
 
 class AccessLogMiddleware:
@@ -69,13 +75,12 @@ class AccessLogMiddleware:
             try:
                 await self.app(scope, receive, send_with_id)
             finally:
-                logger.info(
+                _log_finished(
                     "http_request",
+                    scope,
+                    started,
                     method=scope.get("method"),
-                    path=scope.get("path"),
                     status=status if status is not None else 500,
-                    duration_ms=round((time.perf_counter() - started) * 1000, 2),
-                    client_ip=_client_ip(scope),
                 )
 
     async def _websocket(self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
@@ -103,12 +108,11 @@ class AccessLogMiddleware:
             try:
                 await self.app(scope, watched_receive, watched_send)
             finally:
-                logger.info(
+                _log_finished(
                     "websocket_connection",
-                    path=scope.get("path"),
+                    scope,
+                    started,
                     accepted=outcome["accepted"],
                     close_code=outcome["close_code"] if outcome["close_code"] is not None else 1006,
                     closed_by=outcome["closed_by"] or "abnormal",
-                    duration_ms=round((time.perf_counter() - started) * 1000, 2),
-                    client_ip=_client_ip(scope),
                 )

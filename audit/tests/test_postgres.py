@@ -2,10 +2,7 @@
 threads and whole processes, never fork the chain."""
 
 import os
-import subprocess
-import sys
 import threading
-from pathlib import Path
 from urllib.parse import quote
 
 import pytest
@@ -15,9 +12,9 @@ from django.db import DatabaseError, connection, connections, transaction
 from audit.models import AuditEvent
 from audit.selectors import audit_chain_verify
 from audit.services import audit_record
+from audit.tests.writers import start_writer_processes, wait_for_writers
 
 pytestmark = [pytest.mark.postgres]
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.django_db
@@ -60,16 +57,6 @@ def write_events(count: int, label: str, errors: list[BaseException]) -> None:
         connections.close_all()
 
 
-WRITER_SCRIPT = """
-import django, sys
-django.setup()
-from audit.services import audit_record
-label, count = sys.argv[1], int(sys.argv[2])
-for i in range(count):
-    audit_record(actor="system:" + label, action="test.concurrent", payload={"i": i})
-"""
-
-
 @pytest.mark.django_db(transaction=True)
 def test_concurrent_threads_and_processes_do_not_fork_the_chain(capsys):
     db = connection.settings_dict
@@ -83,26 +70,14 @@ def test_concurrent_threads_and_processes_do_not_fork_the_chain(capsys):
         "OASIS_ENV": "test",
         "DJANGO_SETTINGS_MODULE": "oasis_site.settings",
     }
-    processes = [
-        subprocess.Popen(
-            [sys.executable, "-c", WRITER_SCRIPT, f"proc{n}", "40"],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for n in range(3)
-    ]
+    processes = start_writer_processes(env=env, processes=3, events_each=40)
     errors: list[BaseException] = []
     threads = [threading.Thread(target=write_events, args=(40, f"thread{n}", errors)) for n in range(6)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(timeout=120)
-    for process in processes:
-        _, stderr = process.communicate(timeout=120)
-        assert process.returncode == 0, stderr
+    wait_for_writers(processes)
     assert errors == []
 
     total = 9 * 40

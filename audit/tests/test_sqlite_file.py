@@ -5,18 +5,8 @@ audit_record wait for the write lock instead of reading a stale head."""
 import os
 import subprocess
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-
-WRITER_SCRIPT = """
-import django, sys
-django.setup()
-from audit.services import audit_record
-label, count = sys.argv[1], int(sys.argv[2])
-for i in range(count):
-    audit_record(actor="system:" + label, action="test.concurrent", payload={"i": i})
-"""
+from audit.tests.writers import ROOT, start_writer_processes, wait_for_writers
 
 
 def test_concurrent_processes_on_a_sqlite_file_keep_one_chain(tmp_path):
@@ -34,20 +24,7 @@ def test_concurrent_processes_on_a_sqlite_file_keep_one_chain(tmp_path):
         text=True,
     )
     assert migrate.returncode == 0, migrate.stderr
-    writers = [
-        subprocess.Popen(
-            [sys.executable, "-c", WRITER_SCRIPT, f"proc{n}", "50"],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for n in range(4)
-    ]
-    for writer in writers:
-        _, stderr = writer.communicate(timeout=180)
-        assert writer.returncode == 0, stderr
+    wait_for_writers(start_writer_processes(env=env, processes=4, events_each=50))
     verify = subprocess.run(
         [sys.executable, "manage.py", "audit_verify"], cwd=ROOT, env=env, capture_output=True, text=True
     )

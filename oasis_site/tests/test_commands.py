@@ -30,7 +30,8 @@ def test_ensure_dev_admin_creates_once_and_keeps_the_password(settings, tmp_path
     password = (tmp_path / "dev-admin-password").read_text().strip()
     assert f"user=admin  password={password}" in first
     admin = get_user_model().objects.get(username="admin")
-    assert admin.is_superuser and admin.check_password(password)
+    assert admin.is_superuser
+    assert admin.check_password(password)
     assert list(AuditEvent.objects.values_list("action", flat=True)) == ["auth.dev_admin_created"]
 
     admin.set_password("changed-by-someone")

@@ -1,5 +1,6 @@
 from django.contrib import admin
 from django.urls import include, path
+from django.views.generic import RedirectView
 
 from oasis_site import views
 
@@ -12,4 +13,6 @@ urlpatterns = [
     path("readyz", views.readyz, name="readyz"),
     path("", include("django_prometheus.urls")),
     path("admin/", admin.site.urls),
+    # Until the dashboard lands, the front door is the admin.
+    path("", RedirectView.as_view(pattern_name="admin:index", permanent=False), name="home"),
 ]

@@ -76,6 +76,12 @@ def test_metrics_in_prometheus_text_format(client: Client):
     assert 'view="healthz"' in text
 
 
+def test_front_door_leads_to_the_admin(client: Client):
+    response = client.get("/")
+    assert response.status_code == 302
+    assert response["Location"] == "/admin/"
+
+
 def test_admin_requires_login_and_is_branded(client: Client):
     response = client.get("/admin/")
     assert response.status_code == 302

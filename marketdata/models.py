@@ -1,2 +1,124 @@
-"""Symbols and candles arrive with the ingestion issue; the app is registered now so its
-place in the layout (and in import contracts) is fixed from the start."""
+from __future__ import annotations
+
+from django.db import models
+from django.db.models.functions import Greatest, Least
+from django.db.models.lookups import GreaterThanOrEqual, LessThanOrEqual
+
+from marketdata.core.timeframes import Timeframe
+from marketdata.fields import AsNumber, ExactDecimalField
+
+TIMEFRAME_CHOICES = [(tf.value, tf.value) for tf in Timeframe]
+
+
+class Symbol(models.Model):
+    """A tradable market on one exchange, with the filters that orders must satisfy.
+
+    The filter fields hold the current values; every change is also kept as a
+    `SymbolFilterSnapshot`, so an order can be checked against the filters of its day.
+    """
+
+    class Status(models.TextChoices):
+        TRADING = "TRADING"
+        HALT = "HALT"
+        BREAK = "BREAK"
+        DELISTED = "DELISTED"
+
+    exchange = models.CharField(max_length=32)
+    symbol = models.CharField(max_length=32, help_text="As the exchange names it, e.g. BTCUSDT.")
+    base = models.CharField(max_length=16)
+    quote = models.CharField(max_length=16)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.TRADING)
+    tick_size = ExactDecimalField()
+    step_size = ExactDecimalField()
+    min_qty = ExactDecimalField()
+    max_qty = ExactDecimalField()
+    min_notional = ExactDecimalField()
+    filters = models.JSONField(default=dict, help_text="The exchange's raw filter list, as received.")
+    updated_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["exchange", "symbol"], name="marketdata_symbol_unique"),
+        ]
+        ordering = ["exchange", "symbol"]
+
+    def __str__(self) -> str:
+        return f"{self.exchange}:{self.symbol}"
+
+
+class SymbolFilterSnapshot(models.Model):
+    """The filters of a symbol from `valid_from` until the next snapshot. Never changed."""
+
+    symbol = models.ForeignKey(Symbol, on_delete=models.PROTECT, related_name="filter_snapshots")
+    valid_from = models.DateTimeField()
+    status = models.CharField(max_length=16)
+    tick_size = ExactDecimalField()
+    step_size = ExactDecimalField()
+    min_qty = ExactDecimalField()
+    max_qty = ExactDecimalField()
+    min_notional = ExactDecimalField()
+    filters = models.JSONField(default=dict)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["symbol", "valid_from"], name="marketdata_filter_snapshot_unique"
+            ),
+        ]
+        ordering = ["symbol", "-valid_from"]
+
+    def __str__(self) -> str:
+        return f"{self.symbol} filters from {self.valid_from:%Y-%m-%d %H:%M:%S}"
+
+
+class Candle(models.Model):
+    """One OHLCV candle. Only closed candles are persisted; a closed candle is final unless it
+    was imputed, in which case real data for the same bucket replaces it."""
+
+    class Source(models.TextChoices):
+        WS = "ws"
+        REST = "rest"
+        RESAMPLED = "resampled"
+        IMPUTED = "imputed"
+
+    id = models.BigAutoField(primary_key=True)
+    symbol = models.ForeignKey(Symbol, on_delete=models.PROTECT, related_name="candles")
+    timeframe = models.CharField(max_length=4, choices=TIMEFRAME_CHOICES)
+    open_time = models.DateTimeField()
+    open = ExactDecimalField()
+    high = ExactDecimalField()
+    low = ExactDecimalField()
+    close = ExactDecimalField()
+    volume = ExactDecimalField()
+    quote_volume = ExactDecimalField()
+    trade_count = models.PositiveIntegerField()
+    is_closed = models.BooleanField(default=True)
+    is_imputed = models.BooleanField(default=False)
+    source = models.CharField(max_length=10, choices=Source.choices)
+    ingested_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["symbol", "timeframe", "open_time"], name="marketdata_candle_unique_bucket"
+            ),
+            models.CheckConstraint(
+                condition=GreaterThanOrEqual(AsNumber("high"), Greatest(AsNumber("open"), AsNumber("close"))),
+                name="marketdata_candle_high_is_highest",
+            ),
+            models.CheckConstraint(
+                condition=LessThanOrEqual(AsNumber("low"), Least(AsNumber("open"), AsNumber("close"))),
+                name="marketdata_candle_low_is_lowest",
+            ),
+            models.CheckConstraint(
+                condition=GreaterThanOrEqual(AsNumber("volume"), 0),
+                name="marketdata_candle_volume_non_negative",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(timeframe__in=[tf.value for tf in Timeframe]),
+                name="marketdata_candle_known_timeframe",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.symbol_id} {self.timeframe} {self.open_time:%Y-%m-%d %H:%M}"

@@ -1,0 +1,162 @@
+"""Kline (candle) frames from exchanges: parsing and validation, no Django.
+
+The same validation applies to WebSocket frames and REST rows, so a candle that would be
+refused live is refused in a backfill too. Prices stay the exchange's exact decimal strings,
+held as `Decimal` (which keeps the exponent, so "27450.12000000" formats back unchanged).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import orjson
+
+from marketdata.core.timeframes import Timeframe
+
+
+class FrameError(ValueError):
+    """A frame or row that cannot become a candle. `kind` is a short label for metrics."""
+
+    def __init__(self, kind: str, detail: str) -> None:
+        super().__init__(f"{kind}: {detail}")
+        self.kind = kind
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class Kline:
+    symbol: str
+    timeframe: Timeframe
+    open_time_ms: int
+    open: Decimal
+    high: Decimal
+    low: Decimal
+    close: Decimal
+    volume: Decimal
+    quote_volume: Decimal
+    trades: int
+    closed: bool
+    # Wall-clock ms at which the exchange sent the frame (WS); None for REST rows.
+    event_time_ms: int | None = None
+
+    @property
+    def close_time_ms(self) -> int:
+        return self.open_time_ms + self.timeframe.ms - 1
+
+
+def _decimal(value: Any, field: str) -> Decimal:
+    if not isinstance(value, str):
+        raise FrameError("bad_number", f"{field} must be a decimal string, got {type(value).__name__}")
+    try:
+        number = Decimal(value)
+    except InvalidOperation:
+        raise FrameError("bad_number", f"{field} is not a decimal: {value[:40]!r}") from None
+    if not number.is_finite():
+        raise FrameError("bad_number", f"{field} is not finite: {value[:40]!r}")
+    return number
+
+
+def _int(value: Any, field: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise FrameError("bad_number", f"{field} must be an integer, got {type(value).__name__}")
+    return value
+
+
+def validate(kline: Kline) -> Kline:
+    """Refuse what no real candle can be; return the kline unchanged otherwise."""
+    for field in ("open", "high", "low", "close"):
+        if getattr(kline, field) <= 0:
+            raise FrameError("non_positive_price", f"{kline.symbol} {field} is {getattr(kline, field)}")
+    if kline.high < kline.low:
+        raise FrameError("high_below_low", f"{kline.symbol} high {kline.high} < low {kline.low}")
+    if kline.high < max(kline.open, kline.close) or kline.low > min(kline.open, kline.close):
+        raise FrameError("ohlc_inconsistent", f"{kline.symbol} open/close outside [low, high]")
+    if kline.volume < 0 or kline.quote_volume < 0 or kline.trades < 0:
+        raise FrameError("negative_volume", f"{kline.symbol} volume, quote volume or trades below zero")
+    if not kline.timeframe.is_aligned(kline.open_time_ms):
+        raise FrameError(
+            "misaligned_open_time",
+            f"{kline.symbol} {kline.timeframe} open time {kline.open_time_ms} is not on a bucket boundary",
+        )
+    return kline
+
+
+def parse_ws_frame(raw: bytes | str) -> Kline | None:
+    """A Binance kline event, raw or wrapped by a combined stream, as a validated `Kline`.
+
+    Returns None for frames that are not market data (subscription answers); raises
+    `FrameError` for anything malformed or impossible.
+    """
+    try:
+        message = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise FrameError("malformed_json", f"not JSON: {raw[:40]!r}") from None
+    if isinstance(message, dict) and "data" in message and "stream" in message:
+        message = message["data"]
+    if not isinstance(message, dict):
+        raise FrameError("not_an_object", f"frame is a {type(message).__name__}")
+    if "result" in message and "id" in message:
+        return None
+    if message.get("e") != "kline":
+        raise FrameError("unknown_event", f"event type {str(message.get('e'))[:20]!r}")
+    body = message.get("k")
+    if not isinstance(body, dict):
+        raise FrameError("missing_field", "kline event without a 'k' object")
+    try:
+        interval = body["i"]
+        timeframe = Timeframe(interval)
+    except KeyError:
+        raise FrameError("missing_field", "kline without 'i'") from None
+    except ValueError:
+        raise FrameError("unknown_timeframe", f"interval {str(interval)[:10]!r}") from None
+    try:
+        symbol = body["s"]
+        if not isinstance(symbol, str) or not symbol:
+            raise FrameError("missing_field", "kline without a symbol")
+        closed = body["x"]
+        if not isinstance(closed, bool):
+            raise FrameError("bad_number", "'x' must be true or false")
+        kline = Kline(
+            symbol=symbol,
+            timeframe=timeframe,
+            open_time_ms=_int(body["t"], "t"),
+            open=_decimal(body["o"], "o"),
+            high=_decimal(body["h"], "h"),
+            low=_decimal(body["l"], "l"),
+            close=_decimal(body["c"], "c"),
+            volume=_decimal(body["v"], "v"),
+            quote_volume=_decimal(body["q"], "q"),
+            trades=_int(body["n"], "n"),
+            closed=closed,
+            event_time_ms=_int(message["E"], "E"),
+        )
+    except KeyError as missing:
+        raise FrameError("missing_field", f"kline without {missing}") from None
+    return validate(kline)
+
+
+def parse_rest_row(row: Any, *, symbol: str, timeframe: Timeframe, now_ms: int) -> Kline:
+    """A Binance /klines row `[t, o, h, l, c, v, T, q, n, …]` as a validated `Kline`.
+
+    A row whose bucket has not ended by `now_ms` (the exchange's clock) is the forming candle
+    and comes back with ``closed=False``.
+    """
+    if not isinstance(row, list | tuple) or len(row) < 9:
+        raise FrameError("malformed_row", f"expected a list of at least 9 fields, got {str(row)[:60]}")
+    open_time = _int(row[0], "open time")
+    kline = Kline(
+        symbol=symbol,
+        timeframe=timeframe,
+        open_time_ms=open_time,
+        open=_decimal(row[1], "open"),
+        high=_decimal(row[2], "high"),
+        low=_decimal(row[3], "low"),
+        close=_decimal(row[4], "close"),
+        volume=_decimal(row[5], "volume"),
+        quote_volume=_decimal(row[7], "quote volume"),
+        trades=_int(row[8], "trades"),
+        closed=open_time + timeframe.ms <= now_ms,
+    )
+    return validate(kline)

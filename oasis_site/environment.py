@@ -17,10 +17,13 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from marketdata.exchanges import PROFILES
+
 EnvName = Literal["dev", "test", "prod"]
 LogFormat = Literal["json", "console"]
 
 ENV_NAMES: tuple[EnvName, ...] = ("dev", "test", "prod")
+EXCHANGE_NAMES: tuple[str, ...] = tuple(PROFILES)
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 # Only for dev/test. Never valid in prod: `read_environment` demands SECRET_KEY there.
@@ -45,6 +48,8 @@ KNOWN_VARIABLES: tuple[str, ...] = (
     "OASIS_HSTS_SECONDS",
     "OASIS_LOG_FORMAT",
     "OASIS_LOG_LEVEL",
+    "OASIS_EXCHANGE",
+    *(f"OASIS_{name.upper()}_{kind}_URL" for name in EXCHANGE_NAMES for kind in ("REST", "WS")),
 )
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -73,6 +78,9 @@ class Environment:
     hsts_seconds: int
     log_format: LogFormat
     log_level: str
+    exchange: str = "sim"
+    # {"binance": {"rest": "...", "ws": "..."}}: only the URLs set in the environment.
+    exchange_urls: dict[str, dict[str, str]] = field(default_factory=dict)
     var_dir: Path = field(repr=False, default=Path("var"))
 
     @property
@@ -173,6 +181,20 @@ def read_environment(environ: Mapping[str, str], *, base_dir: Path) -> Environme
     if log_level not in LOG_LEVELS:
         raise ConfigurationError(f"OASIS_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}; got {log_level!r}")
 
+    exchange = get("OASIS_EXCHANGE") or "sim"
+    if exchange not in EXCHANGE_NAMES:
+        raise ConfigurationError(
+            f"OASIS_EXCHANGE must be one of {', '.join(EXCHANGE_NAMES)}; got {exchange!r}"
+        )
+    exchange_urls: dict[str, dict[str, str]] = {}
+    for exchange_name in EXCHANGE_NAMES:
+        for kind, schemes in (("rest", ("http", "https")), ("ws", ("ws", "wss"))):
+            variable = f"OASIS_{exchange_name.upper()}_{kind.upper()}_URL"
+            url = get(variable)
+            if url is not None:
+                _check_url(variable, url, schemes, f"{schemes[1]}://host:port")
+                exchange_urls.setdefault(exchange_name, {})[kind] = url.rstrip("/")
+
     return Environment(
         name=env_name,
         debug=debug,
@@ -190,6 +212,8 @@ def read_environment(environ: Mapping[str, str], *, base_dir: Path) -> Environme
         hsts_seconds=hsts_seconds,
         log_format=log_format,  # type: ignore[arg-type]
         log_level=log_level,
+        exchange=exchange,
+        exchange_urls=exchange_urls,
         var_dir=var_dir,
     )
 

@@ -32,6 +32,10 @@ OASIS_BIND = ENV.bind
 OASIS_PORT = ENV.port
 OASIS_PROXY_HEADERS = ENV.proxy_headers
 MONGO_URL = ENV.mongo_url
+# Market data: the exchange `make run` ingests from, and endpoint overrides per exchange
+# (marketdata/exchanges.py holds the defaults).
+OASIS_EXCHANGE = ENV.exchange
+OASIS_EXCHANGE_URLS = ENV.exchange_urls
 REDIS_URL = ENV.redis_url
 
 SECRET_KEY = ENV.secret_key

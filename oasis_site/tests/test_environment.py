@@ -132,6 +132,13 @@ def test_database_url_forms():
         ("OASIS_LOG_FORMAT", "xml", "OASIS_LOG_FORMAT must be json or console"),
         ("OASIS_LOG_LEVEL", "LOUD", "OASIS_LOG_LEVEL must be one of"),
         ("OASIS_HSTS_SECONDS", "-1", "OASIS_HSTS_SECONDS must be between"),
+        ("OASIS_EXCHANGE", "kraken", "OASIS_EXCHANGE must be one of sim, binance, binanceus"),
+        (
+            "OASIS_BINANCE_WS_URL",
+            "https://stream.example",
+            "OASIS_BINANCE_WS_URL must use one of the schemes ws, wss",
+        ),
+        ("OASIS_SIM_REST_URL", "ws://127.0.0.1:9100", "OASIS_SIM_REST_URL must use one of the schemes http"),
     ],
 )
 def test_bad_values_are_named(name, value, starts):
@@ -150,3 +157,17 @@ def test_lists_are_trimmed():
     )
     assert env.allowed_hosts == ["a.example", "b.example"]
     assert env.cors_allowed_origins == ["https://desk.example.com", "http://127.0.0.1:3000"]
+
+
+def test_exchange_endpoints_are_configuration():
+    env = read(
+        OASIS_EXCHANGE="binance",
+        OASIS_BINANCE_REST_URL="https://testnet.binance.vision/",
+        OASIS_BINANCE_WS_URL="wss://stream.testnet.binance.vision",
+    )
+    assert env.exchange == "binance"
+    assert env.exchange_urls == {
+        "binance": {"rest": "https://testnet.binance.vision", "ws": "wss://stream.testnet.binance.vision"}
+    }
+    assert read().exchange == "sim"
+    assert read().exchange_urls == {}

@@ -1,0 +1,270 @@
+"""The ingest engine: streams → buffers → writer, with backfill so no closed candle is lost.
+
+Where a closed candle can go missing, and what brings it back:
+- a dropped connection: after every (re)connect each stream is backfilled over REST from its
+  newest known closed candle;
+- a hole inside a live stream (a close arrives after a skipped one): the gap is backfilled;
+- a stream that falls silent while its peers keep closing candles: once the peers' newest close
+  is older than `silence_grace` seconds and this stream has not reached it, it is backfilled.
+  Comparing with peers needs no clock, so it works with the simulator's accelerated time too;
+- a restart: buffers resume from the newest persisted candle of each stream, then backfill.
+Backfills that fail (rate limits, outages) stay pending and are retried until they succeed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import aiohttp
+import structlog
+
+from marketdata.core.buffers import Gap, Outcome, StreamBuffer
+from marketdata.core.klines import FrameError, Kline, parse_ws_frame
+from marketdata.core.timeframes import Timeframe
+from marketdata.exchanges import ExchangeProfile
+from marketdata.ingest.metrics import (
+    BUFFER_LAG,
+    CANDLES_IGNORED,
+    CANDLES_RECEIVED,
+    FRAMES_REJECTED,
+    GAPS_BACKFILLED,
+)
+from marketdata.ingest.rest import KlineHistory
+from marketdata.ingest.websocket import StreamConnection
+from marketdata.ingest.writer import CandleWriter
+from marketdata.services import CandleWrite
+
+logger = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class IngestStats:
+    frames: int
+    closed: int
+    rejected: int
+    ignored: int
+    backfilled: int
+    pending_gaps: int
+
+
+def stream_name(symbol: str, timeframe: Timeframe) -> str:
+    return f"{symbol.lower()}@kline_{timeframe.value}"
+
+
+class IngestEngine:
+    def __init__(
+        self,
+        *,
+        profile: ExchangeProfile,
+        symbol_ids: Mapping[str, int],
+        timeframes: Sequence[Timeframe],
+        writer: CandleWriter,
+        resume_from: Mapping[tuple[str, Timeframe], int] | None = None,
+        lookback_candles: int = 60,
+        silence_grace: float = 2.0,
+        backfill_concurrency: int = 4,
+    ) -> None:
+        self._profile = profile
+        self._symbol_ids = dict(symbol_ids)
+        self._timeframes = list(timeframes)
+        self._writer = writer
+        self._lookback = lookback_candles
+        self._silence_grace = silence_grace
+        self._buffers: dict[tuple[str, Timeframe], StreamBuffer] = {}
+        for symbol in self._symbol_ids:
+            for timeframe in self._timeframes:
+                buffer = StreamBuffer(symbol, timeframe)
+                buffer.last_closed_ms = (resume_from or {}).get((symbol, timeframe))
+                self._buffers[(symbol, timeframe)] = buffer
+        # Per timeframe, each newer close seen on any stream and when it was first seen
+        # (monotonic clock): (open time ms, seen at).
+        self._frontier: dict[Timeframe, deque[tuple[int, float]]] = {}
+        self._pending: dict[tuple[str, Timeframe], Gap] = {}
+        self._backfill_slots = asyncio.Semaphore(backfill_concurrency)
+        self._history: KlineHistory | None = None
+        self._reported_kinds: set[str] = set()
+        self._frames = self._closed = self._rejected = self._ignored = self._backfilled = 0
+        self._gap_tasks: set[asyncio.Task[None]] = set()
+
+    # -- running ----------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Ingest until `stop` is set; then stop reading. The caller drains the writer."""
+        self._history = KlineHistory(self._profile)
+        streams = [stream_name(symbol, tf) for symbol, tf in self._buffers]
+        per_connection = self._profile.max_streams_per_connection
+        try:
+            async with aiohttp.ClientSession() as session:
+                connections = []
+                for index in range(0, len(streams), per_connection):
+                    chunk = streams[index : index + per_connection]
+                    keys = [key for key in self._buffers if stream_name(*key) in set(chunk)]
+                    connections.append(
+                        StreamConnection(
+                            profile=self._profile,
+                            streams=chunk,
+                            on_frame=self.on_frame,
+                            on_connected=lambda keys=keys: self._catch_up(keys),  # type: ignore[misc]
+                            session=session,
+                            label=f"{self._profile.name}#{index // per_connection + 1}",
+                        )
+                    )
+                tasks = [asyncio.create_task(conn.run(stop)) for conn in connections]
+                tasks.append(asyncio.create_task(self._watch(stop)))
+                await asyncio.gather(*tasks)
+        finally:
+            for task in list(self._gap_tasks):
+                task.cancel()
+            await asyncio.gather(*self._gap_tasks, return_exceptions=True)
+            await self._history.close()
+
+    @property
+    def stats(self) -> IngestStats:
+        return IngestStats(
+            self._frames, self._closed, self._rejected, self._ignored, self._backfilled, len(self._pending)
+        )
+
+    # -- frames -----------------------------------------------------------------------------
+
+    def on_frame(self, raw: str | bytes) -> None:
+        """Handle one WebSocket frame. Never raises: a bad frame is counted and skipped."""
+        self._frames += 1
+        try:
+            kline = parse_ws_frame(raw)
+        except FrameError as exc:
+            self._reject(exc.kind, str(exc))
+            return
+        if kline is None:
+            return
+        buffer = self._buffers.get((kline.symbol, kline.timeframe))
+        if buffer is None:
+            self._reject("unknown_stream", f"{kline.symbol} {kline.timeframe.value} is not subscribed")
+            return
+        outcome, gap = buffer.apply(kline, wall_ms=int(time.time() * 1000))
+        if outcome is Outcome.CLOSED:
+            self._closed += 1
+            self._submit(kline, source="ws")
+            self._advance_frontier(kline)
+            if gap is not None:
+                self._schedule(gap)
+        elif outcome in (Outcome.DUPLICATE, Outcome.STALE):
+            self._ignored += 1
+            CANDLES_IGNORED.labels(outcome.value).inc()
+
+    def _reject(self, kind: str, detail: str) -> None:
+        self._rejected += 1
+        FRAMES_REJECTED.labels(kind).inc()
+        if kind not in self._reported_kinds:  # once per kind, or a flood would drown the log
+            self._reported_kinds.add(kind)
+            logger.warning("frame_rejected", kind=kind, detail=detail[:200])
+
+    def _submit(self, kline: Kline, *, source: str) -> None:
+        CANDLES_RECEIVED.labels(source).inc()
+        self._writer.submit(CandleWrite(self._symbol_ids[kline.symbol], kline, source))
+
+    def _advance_frontier(self, kline: Kline) -> None:
+        log = self._frontier.setdefault(kline.timeframe, deque(maxlen=256))
+        if not log or kline.open_time_ms > log[-1][0]:
+            log.append((kline.open_time_ms, time.monotonic()))
+
+    def _settled_frontier(self, timeframe: Timeframe, now: float) -> int | None:
+        """The newest close that every healthy stream of `timeframe` has had time to deliver."""
+        for open_time, seen_at in reversed(self._frontier.get(timeframe, ())):
+            if now - seen_at >= self._silence_grace:
+                return open_time
+        return None
+
+    # -- backfill ---------------------------------------------------------------------------
+
+    async def _catch_up(self, keys: Sequence[tuple[str, Timeframe]]) -> None:
+        """After a (re)connect: fetch every closed candle the streams may have missed."""
+        assert self._history is not None
+        now_ms = await self._history.server_time_ms()
+        for symbol, timeframe in keys:
+            buffer = self._buffers[(symbol, timeframe)]
+            newest_closed = timeframe.bucket_start(now_ms) - timeframe.ms
+            if buffer.last_closed_ms is None:
+                if self._lookback <= 0:
+                    continue
+                first = newest_closed - (self._lookback - 1) * timeframe.ms
+            else:
+                first = buffer.last_closed_ms + timeframe.ms
+            if first <= newest_closed:
+                self._schedule(Gap(symbol, timeframe, first, newest_closed))
+
+    def _schedule(self, gap: Gap) -> None:
+        key = (gap.symbol, gap.timeframe)
+        pending = self._pending.get(key)
+        if pending is not None:
+            gap = Gap(
+                gap.symbol,
+                gap.timeframe,
+                min(gap.first_ms, pending.first_ms),
+                max(gap.last_ms, pending.last_ms),
+            )
+        self._pending[key] = gap
+        if pending is None:
+            task = asyncio.create_task(self._backfill(key))
+            self._gap_tasks.add(task)
+            task.add_done_callback(self._gap_tasks.discard)
+
+    async def _backfill(self, key: tuple[str, Timeframe]) -> None:
+        assert self._history is not None
+        delay = 1.0
+        while key in self._pending:
+            gap = self._pending[key]
+            try:
+                async with self._backfill_slots:
+                    klines = await self._history.fetch_closed(
+                        symbol=gap.symbol, timeframe=gap.timeframe, first_ms=gap.first_ms, last_ms=gap.last_ms
+                    )
+            except Exception as exc:  # noqa: BLE001 - a failed backfill is retried, never dropped
+                logger.warning(
+                    "backfill_failed", symbol=gap.symbol, timeframe=gap.timeframe.value, error=str(exc)[:200]
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+                continue
+            buffer = self._buffers[key]
+            for kline in klines:
+                buffer.mark_closed(kline)
+                self._submit(kline, source="rest")
+                self._advance_frontier(kline)
+            self._backfilled += len(klines)
+            GAPS_BACKFILLED.inc(len(klines))
+            if self._pending.get(key) == gap:
+                del self._pending[key]
+            # else: the gap grew while we fetched; loop for the rest.
+            logger.info(
+                "backfilled",
+                symbol=gap.symbol,
+                timeframe=gap.timeframe.value,
+                candles=len(klines),
+                expected=gap.count,
+            )
+
+    async def _watch(self, stop: asyncio.Event) -> None:
+        """Once a second: staleness gauges, and backfill for streams left behind by their peers."""
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=1.0)
+            now_wall_ms = time.time() * 1000
+            now = time.monotonic()
+            for (symbol, timeframe), buffer in self._buffers.items():
+                if buffer.last_frame_wall_ms is not None:
+                    BUFFER_LAG.labels(symbol, timeframe.value).set(
+                        (now_wall_ms - buffer.last_frame_wall_ms) / 1000
+                    )
+                if (symbol, timeframe) in self._pending:
+                    continue
+                settled = self._settled_frontier(timeframe, now)
+                if settled is None:
+                    continue
+                if buffer.last_closed_ms is None or buffer.last_closed_ms < settled:
+                    first = settled if buffer.last_closed_ms is None else buffer.last_closed_ms + timeframe.ms
+                    self._schedule(Gap(symbol, timeframe, first, settled))

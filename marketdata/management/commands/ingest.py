@@ -1,0 +1,125 @@
+import asyncio
+import signal
+from typing import Any
+
+import structlog
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from prometheus_client import start_http_server
+
+from marketdata.core.timeframes import Timeframe
+from marketdata.exchanges import PROFILES, ExchangeProfile, exchange_profile
+from marketdata.ingest.engine import IngestEngine
+from marketdata.ingest.writer import CandleWriter
+from marketdata.selectors import candle_resume_points, symbol_ids_by_name
+
+logger = structlog.get_logger(__name__)
+
+
+class Command(BaseCommand):
+    help = (
+        "Ingest closed candles from an exchange's WebSocket streams into the database, "
+        "backfilling over REST whatever the streams miss. SIGTERM/SIGINT drain and stop."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument(
+            "--exchange", default=settings.OASIS_EXCHANGE, help=f"one of {', '.join(PROFILES)}"
+        )
+        parser.add_argument(
+            "--symbols", default="all", help="comma-separated symbols, or 'all' (TRADING ones)"
+        )
+        parser.add_argument("--timeframes", default="1m", help="comma-separated, e.g. 1m,5m,1h")
+        parser.add_argument(
+            "--lookback",
+            type=int,
+            default=60,
+            help="closed candles to backfill for a stream with none stored",
+        )
+        parser.add_argument(
+            "--metrics-port", type=int, default=9101, help="Prometheus metrics port on OASIS_BIND (0: off)"
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        try:
+            profile = exchange_profile(options["exchange"], overrides=settings.OASIS_EXCHANGE_URLS)
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
+        timeframes = self._timeframes(profile, options["timeframes"])
+        symbol_ids = self._symbols(profile, options["symbols"])
+        if options["lookback"] < 0:
+            raise CommandError("--lookback must be 0 or more")
+        if options["metrics_port"]:
+            start_http_server(options["metrics_port"], addr=settings.OASIS_BIND)
+        resume = candle_resume_points(symbol_ids=symbol_ids, timeframes=timeframes)
+        self.stdout.write(
+            f"ingesting {len(symbol_ids)} symbols x {', '.join(tf.value for tf in timeframes)} from "
+            f"{profile.name} ({profile.ws_url}); {len(resume)} streams resume from stored candles"
+        )
+        self.stdout.flush()
+        writer = CandleWriter()
+        writer.start()
+        engine = IngestEngine(
+            profile=profile,
+            symbol_ids=symbol_ids,
+            timeframes=timeframes,
+            writer=writer,
+            resume_from=resume,
+            lookback_candles=options["lookback"],
+        )
+        try:
+            asyncio.run(self._run(engine))
+        finally:
+            writer.stop()
+        stats, written = engine.stats, writer.stats
+        self.stdout.write(
+            f"stopped: {stats.frames} frames, {stats.closed} closes, {stats.backfilled} backfilled, "
+            f"{stats.rejected} rejected, {stats.ignored} ignored; {written.written} candles written "
+            f"in {written.batches} batches"
+        )
+
+    async def _run(self, engine: IngestEngine) -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await engine.run(stop)
+
+    def _timeframes(self, profile: ExchangeProfile, text: str) -> list[Timeframe]:
+        streamable = [tf for tf in Timeframe if tf in profile.streamed_timeframes]
+        chosen = []
+        for name in (part.strip() for part in text.split(",") if part.strip()):
+            try:
+                timeframe = Timeframe.parse(name)
+            except ValueError as exc:
+                raise CommandError(str(exc)) from None
+            if timeframe not in profile.streamed_timeframes:
+                raise CommandError(
+                    f"{profile.name} does not stream {name} (it is derived by resampling); "
+                    f"streamable: {', '.join(tf.value for tf in streamable)}"
+                )
+            chosen.append(timeframe)
+        if not chosen:
+            raise CommandError("--timeframes names no timeframe")
+        return chosen
+
+    def _symbols(self, profile: ExchangeProfile, text: str) -> dict[str, int]:
+        if text.strip().lower() == "all":
+            found = symbol_ids_by_name(exchange=profile.name)
+            if not found:
+                raise CommandError(
+                    f"no {profile.name} symbols are known: "
+                    f"run `manage.py sync_symbols --exchange {profile.name}`"
+                )
+            return found
+        names = [part.strip().upper() for part in text.split(",") if part.strip()]
+        found = symbol_ids_by_name(exchange=profile.name, names=names)
+        unknown = [name for name in names if name not in found]
+        if unknown:
+            known = sorted(symbol_ids_by_name(exchange=profile.name))
+            listing = ", ".join(known[:20]) + (f" … ({len(known)} in all)" if len(known) > 20 else "")
+            raise CommandError(
+                f"unknown {profile.name} symbol(s): {', '.join(unknown)}; known: {listing or 'none'} "
+                f"(run `manage.py sync_symbols --exchange {profile.name}` to load them)"
+            )
+        return found

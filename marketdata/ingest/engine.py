@@ -81,6 +81,7 @@ class IngestEngine:
                 buffer = StreamBuffer(symbol, timeframe)
                 buffer.last_closed_ms = (resume_from or {}).get((symbol, timeframe))
                 self._buffers[(symbol, timeframe)] = buffer
+        self._needs_lookback = {key for key, buffer in self._buffers.items() if buffer.last_closed_ms is None}
         # Per timeframe, each newer close seen on any stream and when it was first seen
         # (monotonic clock): (open time ms, seen at).
         self._frontier: dict[Timeframe, deque[tuple[int, float]]] = {}
@@ -185,13 +186,19 @@ class IngestEngine:
         """After a (re)connect: fetch every closed candle the streams may have missed."""
         assert self._history is not None
         now_ms = await self._history.server_time_ms()
-        for symbol, timeframe in keys:
-            buffer = self._buffers[(symbol, timeframe)]
+        for key in keys:
+            symbol, timeframe = key
+            buffer = self._buffers[key]
             newest_closed = timeframe.bucket_start(now_ms) - timeframe.ms
-            if buffer.last_closed_ms is None:
+            if key in self._needs_lookback:
+                # A stream with nothing stored: its recent history, once. Frames may already
+                # have closed a candle on this connection; overlapping is harmless (idempotent).
+                self._needs_lookback.discard(key)
                 if self._lookback <= 0:
                     continue
                 first = newest_closed - (self._lookback - 1) * timeframe.ms
+            elif buffer.last_closed_ms is None:
+                continue
             else:
                 first = buffer.last_closed_ms + timeframe.ms
             if first <= newest_closed:

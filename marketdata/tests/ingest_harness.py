@@ -1,0 +1,139 @@
+"""Running the real `manage.py ingest` process against the simulator, for end-to-end tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from django.db import connection
+
+from marketdata.models import Candle
+from marketdata.simulator import SimExchangeThread
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def sim_get(sim: SimExchangeThread, path: str) -> Any:
+    with urllib.request.urlopen(f"{sim.urls.base}{path}", timeout=10) as response:
+        return json.loads(response.read())
+
+
+def sim_faults(sim: SimExchangeThread, payload: dict[str, Any] | None) -> None:
+    """Set faults (POST) or clear them all (payload None)."""
+    request = urllib.request.Request(
+        f"{sim.urls.control}/faults",
+        data=None if payload is None else json.dumps(payload).encode(),
+        method="DELETE" if payload is None else "POST",
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 200
+
+
+def ingest_env(sim: SimExchangeThread) -> dict[str, str]:
+    """The environment of a child process: the test database, the simulator's endpoints."""
+    db = connection.settings_dict
+    url = (
+        f"postgres://{quote(db['USER'], safe='')}:{quote(db['PASSWORD'], safe='')}"
+        f"@{db['HOST']}:{db['PORT']}/{quote(db['NAME'], safe='')}"
+        if connection.vendor == "postgresql"
+        else f"sqlite:///{db['NAME']}"
+    )
+    host, port = sim.exchange.address or ("127.0.0.1", 0)
+    return {
+        **{k: v for k, v in os.environ.items() if k not in {"REDIS_URL"}},
+        "OASIS_ENV": "test",
+        "DJANGO_SETTINGS_MODULE": "oasis_site.settings",
+        "DATABASE_URL": url,
+        "OASIS_SIM_REST_URL": f"http://{host}:{port}",
+        "OASIS_SIM_WS_URL": f"ws://{host}:{port}",
+    }
+
+
+def start_ingest(sim: SimExchangeThread, *args: str, log: Path) -> subprocess.Popen[str]:
+    with log.open("a") as sink:
+        return subprocess.Popen(
+            [sys.executable, "manage.py", "ingest", "--exchange", "sim", "--metrics-port", "0", *args],
+            cwd=ROOT,
+            env=ingest_env(sim),
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+
+
+def stop_ingest(process: subprocess.Popen[str], log: Path) -> None:
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        raise AssertionError(f"ingest did not stop on SIGTERM:\n{log.read_text()[-4000:]}") from None
+    assert process.returncode == 0, log.read_text()[-4000:]
+
+
+def newest_closed_open_ms(sim: SimExchangeThread, length_ms: int) -> int:
+    server_ms = int(sim_get(sim, "/_sim/status")["serverTime"])
+    return server_ms - server_ms % length_ms - length_ms
+
+
+def wait_until_stored(
+    streams: list[tuple[int, str, int]], until_ms: int, *, timeout: float, log: Path
+) -> None:
+    """Wait until every (symbol id, timeframe, length) has a candle at or after `until_ms`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        behind = [
+            (symbol_id, tf)
+            for symbol_id, tf, _ in streams
+            if not Candle.objects.filter(
+                symbol_id=symbol_id, timeframe=tf, open_time__gte=_as_datetime(until_ms)
+            ).exists()
+        ]
+        if not behind:
+            return
+        time.sleep(0.25)
+    raise AssertionError(f"streams {behind} never reached {until_ms}:\n{log.read_text()[-4000:]}")
+
+
+def stored_rows(symbol_id: int, timeframe: str, first_ms: int, last_ms: int) -> list[list[Any]]:
+    """Stored candles as the simulator's rows [t, o, h, l, c, v, q, n], exact strings."""
+    rows = Candle.objects.filter(
+        symbol_id=symbol_id,
+        timeframe=timeframe,
+        open_time__gte=_as_datetime(first_ms),
+        open_time__lte=_as_datetime(last_ms),
+    ).order_by("open_time")
+    return [
+        [
+            int(c.open_time.timestamp() * 1000),
+            *(format(getattr(c, f), "f") for f in ("open", "high", "low", "close", "volume")),
+            format(c.quote_volume, "f"),
+            c.trade_count,
+        ]
+        for c in rows
+    ]
+
+
+def truth_rows(
+    sim: SimExchangeThread, symbol: str, interval: str, first_ms: int, last_ms: int
+) -> list[list[Any]]:
+    rows = sim_get(
+        sim, f"/_sim/closed?symbol={symbol}&interval={interval}&startTime={first_ms}&endTime={last_ms}"
+    )
+    return [[row[0], row[1], row[2], row[3], row[4], row[5], row[7], row[8]] for row in rows]
+
+
+def _as_datetime(ms: int) -> Any:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(ms / 1000, tz=UTC)

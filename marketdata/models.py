@@ -82,7 +82,8 @@ class Candle(models.Model):
         IMPUTED = "imputed"
 
     id = models.BigAutoField(primary_key=True)
-    symbol = models.ForeignKey(Symbol, on_delete=models.PROTECT, related_name="candles")
+    # No index of its own: the unique (symbol, timeframe, open_time) btree leads with it.
+    symbol = models.ForeignKey(Symbol, on_delete=models.PROTECT, related_name="candles", db_index=False)
     timeframe = models.CharField(max_length=4, choices=TIMEFRAME_CHOICES)
     open_time = models.DateTimeField()
     open = ExactDecimalField()

@@ -118,14 +118,32 @@ def _row(write: CandleWrite, now: datetime) -> tuple[Any, ...]:
     )
 
 
+def _copy_text(writes: Sequence[CandleWrite], now: datetime) -> bytes:
+    """COPY's text format, built directly: several times faster than adapting row by row.
+
+    Every value is a number, a known timeframe/source word or a timestamp, so nothing needs
+    escaping; decimals go as their exact fixed-point strings.
+    """
+    ingested = now.isoformat()
+    lines = []
+    for write in writes:
+        k = write.kline
+        opened = datetime.fromtimestamp(k.open_time_ms / 1000, tz=UTC).isoformat()
+        lines.append(
+            f"{write.symbol_id}\t{k.timeframe.value}\t{opened}\t{k.open:f}\t{k.high:f}\t{k.low:f}\t"
+            f"{k.close:f}\t{k.volume:f}\t{k.quote_volume:f}\t{k.trades}\tt\t{'t' if write.imputed else 'f'}\t"
+            f"{write.source}\t{ingested}\n"
+        )
+    return "".join(lines).encode()
+
+
 def _upsert_postgresql(writes: Sequence[CandleWrite], now: datetime) -> int:
     # COPY into a session-local staging table, then one INSERT … SELECT … ON CONFLICT: the
     # cheapest way found to upsert a burst of a thousand rows (docs/benchmarks.md).
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(_CREATE_STAGING)
         with cursor.cursor.copy(f"COPY marketdata_candle_staging ({_COLUMN_LIST}) FROM STDIN") as copy:
-            for write in writes:
-                copy.write_row(_row(write, now))
+            copy.write(_copy_text(writes, now))
         cursor.execute(_INSERT_FROM_STAGING)
         return int(cursor.rowcount)
 

@@ -36,7 +36,7 @@ class CandleWriter:
         self,
         *,
         max_batch: int = 5000,
-        on_committed: Callable[[list[CandleWrite], float], None] | None = None,
+        on_committed: Callable[[list[CandleWrite], float, float], None] | None = None,
     ) -> None:
         self._queue: queue.SimpleQueue[CandleWrite | object] = queue.SimpleQueue()
         self._max_batch = max_batch
@@ -94,8 +94,10 @@ class CandleWriter:
 
     def _write(self, batch: list[CandleWrite]) -> None:
         close_old_connections()
+        started = time.perf_counter()
         written = self._write_with_retry(batch)
         committed = time.time()
+        took = time.perf_counter() - started
         self._batches += 1
         self._candles += len(batch)
         self._written += written
@@ -108,7 +110,7 @@ class CandleWriter:
                 )
         CANDLES_WRITTEN.inc(written)
         if self._on_committed is not None:
-            self._on_committed(batch, committed)
+            self._on_committed(batch, committed, took)
 
     def _write_with_retry(self, batch: list[CandleWrite]) -> int:
         # A lost connection (database restart, failover) must not lose candles: retry with

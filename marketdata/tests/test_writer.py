@@ -14,7 +14,7 @@ T0 = 1_677_628_800_000
 def test_a_burst_is_written_in_few_batches_and_nothing_twice():
     symbols = SymbolFactory.create_batch(200)
     committed = []
-    writer = CandleWriter(on_committed=lambda batch, at: committed.append(len(batch)))
+    writer = CandleWriter(on_committed=lambda batch, at, took: committed.append(len(batch)))
     writer.start()
     for minute in range(3):
         for symbol in symbols:

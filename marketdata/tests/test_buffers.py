@@ -15,12 +15,16 @@ def buffer() -> StreamBuffer:
     return StreamBuffer("BTCUSDT", Timeframe.M1, keep=3)
 
 
+def forming_open_time(buf: StreamBuffer) -> int | None:
+    return None if buf.forming is None else buf.forming.open_time_ms
+
+
 def test_forming_then_closed_then_duplicate():
     buf = buffer()
     assert buf.apply(kline(open_time_ms=T0, closed=False), wall_ms=1) == (Outcome.FORMING, None)
-    assert buf.forming is not None
+    assert forming_open_time(buf) == T0
     assert buf.apply(kline(open_time_ms=T0), wall_ms=2) == (Outcome.CLOSED, None)
-    assert buf.forming is None
+    assert forming_open_time(buf) is None
     assert buf.last_closed_ms == T0
     assert buf.apply(kline(open_time_ms=T0), wall_ms=3) == (Outcome.DUPLICATE, None)
     assert buf.apply(kline(open_time_ms=T0, closed=False), wall_ms=4) == (Outcome.STALE, None)

@@ -35,8 +35,7 @@ def sim(settings):
         port=0, symbols=SYMBOLS, seed=7, speed=SPEED, history_minutes=120, update_interval_s=0.05
     )
     with SimExchangeThread(config) as running:
-        assert running.exchange.address is not None
-        host, port = running.exchange.address
+        host, port = running.address
         settings.OASIS_EXCHANGE_URLS = {"sim": {"rest": f"http://{host}:{port}", "ws": f"ws://{host}:{port}"}}
         call_command("sync_symbols", exchange="sim", verbosity=0)
         yield running

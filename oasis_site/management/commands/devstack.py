@@ -47,7 +47,8 @@ class Command(BaseCommand):
         signal.signal(signal.SIGTERM, request_stop)
 
         def start(name: str, *arguments: str) -> None:
-            children.append((name, subprocess.Popen([sys.executable, MANAGE, *arguments])))
+            # Our own manage.py commands with arguments we built: no untrusted input.
+            children.append((name, subprocess.Popen([sys.executable, MANAGE, *arguments])))  # noqa: S603
 
         try:
             if profile.name == "sim":
@@ -63,8 +64,16 @@ class Command(BaseCommand):
                     str(options["sim_speed"]),
                 )
                 self._wait_for(f"{profile.rest_url}/api/v3/ping", children)
-            sync = subprocess.run(
-                [sys.executable, MANAGE, "sync_symbols", "--exchange", profile.name, "--symbols", options["symbols"]],
+            sync = subprocess.run(  # noqa: S603 - our own command, arguments we built
+                [
+                    sys.executable,
+                    MANAGE,
+                    "sync_symbols",
+                    "--exchange",
+                    profile.name,
+                    "--symbols",
+                    options["symbols"],
+                ],
                 check=False,
             )
             if sync.returncode != 0:

@@ -23,7 +23,7 @@ $(STAMP): requirements.txt requirements-dev.txt
 run: $(STAMP)
 	$(PY) manage.py migrate --no-input
 	$(PY) manage.py ensure_dev_admin
-	$(PY) manage.py serve
+	$(PY) manage.py devstack
 
 test: $(STAMP)
 	OASIS_ENV=test $(VENV)/bin/pytest $(PYTEST_ARGS)

@@ -29,7 +29,13 @@ def ccxt_client(profile: ExchangeProfile, *, async_client: bool = True, **config
         import ccxt
 
         module = ccxt
-    options: dict[str, Any] = {"enableRateLimit": True, **config}
+    options: dict[str, Any] = {
+        "enableRateLimit": True,
+        # Spot only: otherwise load_markets also asks the futures, margin and wallet APIs,
+        # which neither the simulator nor a spot-only key serves.
+        "options": {"fetchMarkets": ["spot"], "fetchCurrencies": False, "fetchMargins": False},
+        **config,
+    }
     if profile.rest_rate_limit_ms is not None:
         options["rateLimit"] = profile.rest_rate_limit_ms
     client = getattr(module, profile.ccxt_id)(options)

@@ -1,8 +1,11 @@
-"""The one batching writer of closed candles.
+"""The batching writer of closed candles.
 
-Runs in its own thread with its own database connection. It blocks for the first candle, then
-takes every candle already queued, so a burst of a thousand closes becomes one or two writes
-instead of a thousand. Latency (exchange event time → committed) is observed after commit.
+`threads` worker threads (each with its own database connection) share one queue. A worker
+blocks for the first candle, then takes every candle already queued, so a burst of a thousand
+closes becomes a few statements instead of a thousand; with two workers, the second burst-half
+is written while the first commits, which the database's two cores can do side by side.
+Writes are idempotent upserts, so the order in which workers commit does not matter.
+Latency (exchange event time → committed) is observed after commit.
 """
 
 from __future__ import annotations
@@ -35,20 +38,27 @@ class CandleWriter:
     def __init__(
         self,
         *,
+        threads: int = 2,
         max_batch: int = 5000,
         on_committed: Callable[[list[CandleWrite], float, float], None] | None = None,
     ) -> None:
+        if threads < 1:
+            raise ValueError("threads must be at least 1")
         self._queue: queue.SimpleQueue[CandleWrite | object] = queue.SimpleQueue()
         self._max_batch = max_batch
         self._on_committed = on_committed
-        self._thread = threading.Thread(target=self._run, name="candle-writer", daemon=True)
+        self._threads = [
+            threading.Thread(target=self._run, name=f"candle-writer-{n}", daemon=True) for n in range(threads)
+        ]
+        self._lock = threading.Lock()
         self._batches = 0
         self._candles = 0
         self._written = 0
         self._error: BaseException | None = None
 
     def start(self) -> None:
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
 
     def submit(self, write: CandleWrite) -> None:
         if self._error is not None:
@@ -56,22 +66,26 @@ class CandleWriter:
         self._queue.put(write)
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Write everything queued so far, then stop. Raises if the writer failed."""
-        self._queue.put(_STOP)
-        self._thread.join(timeout)
-        if self._thread.is_alive():
-            raise RuntimeError(f"the candle writer did not drain within {timeout} s")
+        """Write everything queued so far, then stop. Raises if a worker failed."""
+        for _ in self._threads:
+            self._queue.put(_STOP)
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+            if thread.is_alive():
+                raise RuntimeError(f"the candle writer did not drain within {timeout} s")
         if self._error is not None:
             raise RuntimeError("the candle writer failed") from self._error
 
     @property
     def stats(self) -> WriterStats:
-        return WriterStats(self._batches, self._candles, self._written)
+        with self._lock:
+            return WriterStats(self._batches, self._candles, self._written)
 
     def _run(self) -> None:
         try:
             stopping = False
-            while not stopping:
+            while not stopping and self._error is None:
                 first = self._queue.get()
                 if first is _STOP:
                     break
@@ -82,6 +96,7 @@ class CandleWriter:
                     except queue.Empty:
                         break
                     if item is _STOP:
+                        # Finish this batch first; the other workers drain the rest.
                         stopping = True
                         break
                     batch.append(item)  # type: ignore[arg-type]
@@ -98,9 +113,10 @@ class CandleWriter:
         written = self._write_with_retry(batch)
         committed = time.time()
         took = time.perf_counter() - started
-        self._batches += 1
-        self._candles += len(batch)
-        self._written += written
+        with self._lock:
+            self._batches += 1
+            self._candles += len(batch)
+            self._written += written
         WRITE_BATCH_SIZE.observe(len(batch))
         for write in batch:
             event_ms = write.kline.event_time_ms

@@ -32,6 +32,7 @@ os.environ.setdefault("OASIS_ENV", "test")
 os.environ.setdefault("OASIS_LOG_LEVEL", "WARNING")
 
 import django  # noqa: E402
+import orjson  # noqa: E402
 
 django.setup()
 
@@ -121,9 +122,19 @@ def one_run(symbols: int, closes: int, speed: float) -> dict[str, float]:
                 sizes[open_time] = sizes.get(open_time, 0) + 1
             return sorted(open_time for open_time, size in sizes.items() if size == len(symbol_ids))
 
+        received: list[float] = []  # final frames: receipt - E (the simulator and the network)
+
+        class TimedEngine(IngestEngine):
+            def on_frame(self, raw: str | bytes) -> None:
+                now = time.time()
+                if (b'"x":true' if isinstance(raw, bytes) else '"x":true') in raw:  # type: ignore[operator]
+                    message = orjson.loads(raw)
+                    received.append(now - message.get("data", message)["E"] / 1000)
+                super().on_frame(raw)
+
         writer = CandleWriter(on_committed=committed)
         writer.start()
-        engine = IngestEngine(
+        engine = TimedEngine(
             profile=profile,
             symbol_ids=symbol_ids,
             timeframes=[Timeframe.M1],
@@ -172,6 +183,7 @@ def one_run(symbols: int, closes: int, speed: float) -> dict[str, float]:
             lost += max(0, len(truth) - stored)
             duplicates += max(0, stored - len(truth))
         return {
+            "receive p95 ms": percentile(received, 0.95) * 1000,
             "p50 ms": percentile(judged, 0.50) * 1000,
             "p95 ms": percentile(judged, 0.95) * 1000,
             "p99 ms": percentile(judged, 0.99) * 1000,

@@ -81,6 +81,8 @@ class IngestEngine:
                 buffer = StreamBuffer(symbol, timeframe)
                 buffer.last_closed_ms = (resume_from or {}).get((symbol, timeframe))
                 self._buffers[(symbol, timeframe)] = buffer
+        # Gauge children looked up once: the watch loop sets thousands of them every second.
+        self._lag_gauges = {key: BUFFER_LAG.labels(key[0], key[1].value) for key in self._buffers}
         self._needs_lookback = {key for key, buffer in self._buffers.items() if buffer.last_closed_ms is None}
         # Per timeframe, each newer close seen on any stream and when it was first seen
         # (monotonic clock): (open time ms, seen at).

@@ -266,9 +266,8 @@ class IngestEngine:
             now = time.monotonic()
             for (symbol, timeframe), buffer in self._buffers.items():
                 if buffer.last_frame_wall_ms is not None:
-                    BUFFER_LAG.labels(symbol, timeframe.value).set(
-                        (now_wall_ms - buffer.last_frame_wall_ms) / 1000
-                    )
+                    lag = (now_wall_ms - buffer.last_frame_wall_ms) / 1000
+                    self._lag_gauges[(symbol, timeframe)].set(lag)
                 if (symbol, timeframe) in self._pending:
                     continue
                 settled = self._settled_frontier(timeframe, now)

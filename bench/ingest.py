@@ -95,7 +95,7 @@ def start_simulator(symbols: int, speed: float) -> tuple[subprocess.Popen[str], 
     raise RuntimeError("the simulator did not start")
 
 
-def one_run(symbols: int, closes: int, speed: float) -> dict[str, float]:
+def one_run(symbols: int, closes: int, speed: float, writer_threads: int) -> dict[str, float]:
     sim, base = start_simulator(symbols, speed)
     try:
         host_port = base.removeprefix("http://")
@@ -132,7 +132,7 @@ def one_run(symbols: int, closes: int, speed: float) -> dict[str, float]:
                     received.append(now - message.get("data", message)["E"] / 1000)
                 super().on_frame(raw)
 
-        writer = CandleWriter(on_committed=committed)
+        writer = CandleWriter(threads=writer_threads, on_committed=committed)
         writer.start()
         engine = TimedEngine(
             profile=profile,
@@ -213,6 +213,7 @@ def main() -> None:
     parser.add_argument("--closes", type=int, default=10, help="simultaneous closes measured per run")
     parser.add_argument("--speed", type=float, default=30.0, help="simulator clock speed")
     parser.add_argument("--runs", type=int, default=3, help="runs per symbol count; the median is quoted")
+    parser.add_argument("--writer-threads", type=int, default=2, help="CandleWriter worker threads")
     args = parser.parse_args()
     if connection.vendor != "postgresql":
         raise SystemExit("bench/ingest.py measures PostgreSQL: set DATABASE_URL=postgres://...")
@@ -221,7 +222,7 @@ def main() -> None:
         for n in range(args.runs):
             old = setup_databases(verbosity=0, interactive=False)
             try:
-                figures = one_run(count, args.closes, args.speed)
+                figures = one_run(count, args.closes, args.speed, args.writer_threads)
             finally:
                 teardown_databases(old, verbosity=0)
             runs.append(figures)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
+
 DECIMAL_RANGE = r"^([0-9]{1,20})(\.[0-9]{1,20})?$"
 INTEGER_RANGE = "^[0-9]{1,20}$"
 
@@ -38,3 +41,16 @@ def invalid_limit() -> BinanceError:
 
 def filter_failure(name: str) -> BinanceError:
     return BinanceError(-1013, f"Filter failure: {name}")
+
+
+_INTEGER = re.compile(INTEGER_RANGE)
+
+
+def integer_param(params: Mapping[str, str], name: str) -> int | None:
+    """An integer request parameter: None when absent or empty, Binance's -1100 when not digits."""
+    value = params.get(name)
+    if value is None or value == "":
+        return None
+    if not _INTEGER.match(value):
+        raise illegal_characters(name, INTEGER_RANGE)
+    return int(value)

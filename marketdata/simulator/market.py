@@ -160,19 +160,19 @@ class Market:
         self, spec: SymbolSpec, interval_ms: int, now_ms: int, *, start_ms: int | None, end_ms: int | None
     ) -> list[Candle]:
         """Every closed candle with open time in [startTime, endTime] (the truth endpoint)."""
-        low = (
-            self.history_start_ms
-            if start_ms is None
-            else max(self.history_start_ms, ceil_to(start_ms, interval_ms))
-        )
-        high = floor_to(now_ms, interval_ms) - interval_ms
-        if end_ms is not None:
-            high = min(high, floor_to(end_ms, interval_ms))
+        low, high = self._closed_bounds(interval_ms, now_ms, start_ms, end_ms)
         return self.closed(spec, interval_ms, low, high)
 
     def count_closed_between(
         self, interval_ms: int, now_ms: int, *, start_ms: int | None, end_ms: int | None
     ) -> int:
+        low, high = self._closed_bounds(interval_ms, now_ms, start_ms, end_ms)
+        return max(0, (high - low) // interval_ms + 1)
+
+    def _closed_bounds(
+        self, interval_ms: int, now_ms: int, start_ms: int | None, end_ms: int | None
+    ) -> tuple[int, int]:
+        """Open times of the first and last closed candle in [start_ms, end_ms] by `now_ms`."""
         low = (
             self.history_start_ms
             if start_ms is None
@@ -181,4 +181,4 @@ class Market:
         high = floor_to(now_ms, interval_ms) - interval_ms
         if end_ms is not None:
             high = min(high, floor_to(end_ms, interval_ms))
-        return max(0, (high - low) // interval_ms + 1)
+        return low, high

@@ -18,10 +18,10 @@ import numpy as np
 
 from marketdata.simulator.errors import (
     DECIMAL_RANGE,
-    INTEGER_RANGE,
     BinanceError,
     filter_failure,
     illegal_characters,
+    integer_param,
     invalid_limit,
     invalid_symbol,
     mandatory,
@@ -33,7 +33,6 @@ from marketdata.simulator.symbols import SymbolSpec
 from marketdata.simulator.units import units_to_decimal
 
 _DECIMAL = re.compile(DECIMAL_RANGE)
-_INTEGER = re.compile(INTEGER_RANGE)
 _CLIENT_ORDER_ID_RANGE = r"^[\.A-Z\:/a-z0-9_-]{1,36}$"
 _CLIENT_ORDER_ID = re.compile(_CLIENT_ORDER_ID_RANGE)
 _EIGHT = Decimal("0.00000001")
@@ -303,14 +302,14 @@ class Account:
     def my_trades(self, params: Mapping[str, str], now_ms: int) -> list[dict[str, Any]]:
         self.match(now_ms)
         spec = self._symbol(params)
-        limit = _integer(params, "limit")
+        limit = integer_param(params, "limit")
         limit = 500 if limit is None else limit
         if not 1 <= limit <= 1000:
             raise invalid_limit()
-        order_id = _integer(params, "orderId")
-        start = _integer(params, "startTime")
-        end = _integer(params, "endTime")
-        from_id = _integer(params, "fromId")
+        order_id = integer_param(params, "orderId")
+        start = integer_param(params, "startTime")
+        end = integer_param(params, "endTime")
+        from_id = integer_param(params, "fromId")
         selected = [
             trade
             for trade in self._trades
@@ -389,7 +388,7 @@ class Account:
         return spec
 
     def _find(self, spec: SymbolSpec, params: Mapping[str, str]) -> Order | None:
-        order_id = _integer(params, "orderId")
+        order_id = integer_param(params, "orderId")
         client_order_id = params.get("origClientOrderId")
         if order_id is None and not client_order_id:
             raise BinanceError(
@@ -461,12 +460,3 @@ def _optional_decimal(params: Mapping[str, str], name: str) -> Decimal | None:
         return Decimal(value)
     except InvalidOperation:
         raise illegal_characters(name, DECIMAL_RANGE) from None
-
-
-def _integer(params: Mapping[str, str], name: str) -> int | None:
-    value = params.get(name)
-    if value is None or value == "":
-        return None
-    if not _INTEGER.match(value):
-        raise illegal_characters(name, INTEGER_RANGE)
-    return int(value)

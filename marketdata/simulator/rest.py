@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -20,9 +19,9 @@ from aiohttp import web
 from marketdata.simulator.clock import SimClock
 from marketdata.simulator.config import SimConfig
 from marketdata.simulator.errors import (
-    INTEGER_RANGE,
     BinanceError,
     illegal_characters,
+    integer_param,
     invalid_interval,
     invalid_limit,
     invalid_symbol,
@@ -38,7 +37,6 @@ from marketdata.simulator.weights import WeightLimiter, request_weight
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-_INTEGER = re.compile(INTEGER_RANGE)
 _SYMBOLS_RANGE = '^\\[("[A-Z0-9-_.]{1,20}"(,"[A-Z0-9-_.]{1,20}"){0,}){0,1}\\]$'
 MAX_RECV_WINDOW_MS = 60_000
 
@@ -50,15 +48,6 @@ def json_response(body: Any, *, status: int = 200, headers: Mapping[str, str] | 
 
 def error_response(error: BinanceError, headers: Mapping[str, str] | None = None) -> web.Response:
     return json_response({"code": error.code, "msg": error.msg}, status=error.status, headers=headers)
-
-
-def integer_param(params: Mapping[str, str], name: str) -> int | None:
-    value = params.get(name)
-    if value is None or value == "":
-        return None
-    if not _INTEGER.match(value):
-        raise illegal_characters(name, INTEGER_RANGE)
-    return int(value)
 
 
 def kline_query(

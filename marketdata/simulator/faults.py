@@ -83,8 +83,12 @@ class FaultState:
     duplicate_rate: float = 0.0
     out_of_order_rate: float = 0.0
     malformed_rate: float = 0.0
+    # Bumped by every change: the streams prepare finals ahead and rebuild those prepared
+    # under an older generation.
+    generation: int = 0
 
     def clear(self) -> None:
+        self.generation += 1
         self.rest_error = None
         self.rest_latency_ms = self.ws_latency_ms = 0
         self.ws_drop_every_s = None
@@ -117,6 +121,7 @@ class FaultState:
         for key, attribute in _RATES.items():
             if key in payload:
                 setattr(staged, attribute, _rate(payload[key], key))
+        staged.generation = self.generation + 1
         self.__dict__.update(staged.__dict__)
 
     def is_silenced(self, stream: str, open_ms: int) -> bool:

@@ -1,23 +1,47 @@
 """Binance kline WebSocket streams: `/ws/<stream>`, `/stream?streams=a/b` (combined) and `/ws`
 with SUBSCRIBE / UNSUBSCRIBE / LIST_SUBSCRIPTIONS / SET_PROPERTY / GET_PROPERTY frames.
 
-One ticker task advances every subscribed stream: when simulated time passes a candle's close
-it builds that candle's final frame (once per stream, serialised once with orjson, shared by
-every subscriber) and, when the forming candle has changed, an update. Each connection has one
-writer task that drains its outbox, so a burst of a thousand closes at the same instant costs a
-thousand serialisations and a tight send loop per connection, never a task per frame.
+One ticker task drives every subscribed stream, in three steps per tick:
 
-`E` in every event is the wall-clock time (ms) at which the frame was built, right before it
-is queued for sending; `t`/`T` are simulated candle times."""
+1. Close burst (synchronous, first): when simulated time has passed a candle's close, that
+   candle's final frames (with their injected faults) are queued for every subscriber and
+   handed to the sockets at once. They were prepared ahead: a candle's final values are fixed
+   long before it closes, so step 3 of an earlier tick has already built and serialised them
+   (once per stream, shared by every subscriber); the burst only queues and writes.
+2. Updates of the forming candles, when they changed.
+3. Preparing the next final of every stream (rebuilt if the faults changed since), and the
+   next 4-hour chunk of subscribed symbols shortly before it is needed.
+
+Steps 2 and 3 run in slices of a few milliseconds and yield to the event loop between them;
+when the next minute boundary (a possible close) comes during them, they stop and the ticker
+starts over with the burst. The ticker also wakes at every minute boundary.
+
+Event time `E` is the wall clock (ms) when the exchange hands the frame to the network: a
+frame is kept serialised as head + tail (raw, and wrapped for combined streams), and the
+digits of `E` are spliced between them frame by frame, right before the frame joins the bytes
+of the next socket write, so the last frame of a burst of a thousand carries a later `E` than
+the first. Exceptions: a duplicated final repeats the original's bytes (E included), and under
+the stream-latency fault E is stamped when the frame is queued, before the added delay.
+`t`/`T` are simulated candle times.
+
+Writes bypass aiohttp's `send_frame` (a coroutine and a syscall per frame): each connection's
+outbox is drained synchronously into the transport, every message its own WebSocket text frame
+(unmasked, uncompressed, as a server frames them), about 16 KiB of frames per write (a
+thousand one-frame writes made the burst spread over 3-13 ms and the delivery jittery), up to a
+write-buffer limit. The connection's writer task sends what the ticker did not (method replies,
+frames held by the latency fault or by a full buffer) and pings."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import re
+import struct
 import time
 from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,8 +62,36 @@ logger = logging.getLogger(__name__)
 _KLINE_STREAM = re.compile(r"^([a-z0-9]+)@kline_([0-9]+[a-zA-Z])$")
 _METHODS = ("SUBSCRIBE", "UNSUBSCRIBE", "LIST_SUBSCRIPTIONS", "SET_PROPERTY", "GET_PROPERTY")
 _MAX_OUTBOX = 200_000  # frames queued for a client that does not read: it is dropped
+_WRITE_BUFFER_LIMIT = 1 << 20  # bytes in the transport's buffer before the outbox waits
+_WRITE_CHUNK = 16 * 1024  # bytes of frames per socket write
+_BURST_FLUSH_STREAMS = 32  # a close burst is written as it is queued, every this many streams
+_DRAIN_POLL_S = 0.005  # how often a writer blocked by a full buffer looks again
+_SLICE_S = 0.002  # background work (updates, preparing finals) between two yields
 _CLOSE_POLICY = 1008
-_PREFETCH_PER_TICK = 100
+_KLINE_HEAD = b'{"e":"kline","E":'
+_E_DIGITS = 13  # wall-clock ms have 13 digits from 2001 to 2286
+_HEADER_16 = struct.Struct("!BBH").pack
+_HEADER_64 = struct.Struct("!BBQ").pack
+
+
+def wall_ms() -> int:
+    """The wall clock in ms, as `E` carries it."""
+    return time.time_ns() // 1_000_000
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """No garbage collection inside: a full pass in a process with Django loaded takes
+    ~100 ms, which must fall neither between stamping E and the write nor inside a burst. A
+    pending collection runs at the next allocation after it."""
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 @dataclass
@@ -56,8 +108,30 @@ class Counters:
 
 @dataclass(frozen=True, slots=True)
 class Frame:
-    raw: bytes  # as /ws sends it
-    combined: bytes  # wrapped for /stream: {"stream": …, "data": …}
+    """A kline event frame serialised but for its `E`: sent as head + E digits + tail.
+    `again`: not a frame of its own but the previous frame's bytes once more (duplicates)."""
+
+    head: bytes  # as /ws sends it
+    tail: bytes
+    combined_head: bytes  # wrapped for /stream: {"stream": …, "data": …}
+    combined_tail: bytes
+    again: bool = False
+
+
+_AGAIN = Frame(b"", b"", b"", b"", again=True)
+
+
+@dataclass(slots=True)
+class PreparedFinal:
+    """What a stream sends when candle `open_ms` closes, built ahead under fault settings
+    `generation`: its frames in order (none when silenced) and the late final to send after
+    the next update (out-of-order fault)."""
+
+    open_ms: int
+    generation: int
+    frames: list[Frame] = field(default_factory=list)
+    finals: int = 0
+    late_final: Frame | None = None
 
 
 @dataclass(eq=False)
@@ -70,10 +144,27 @@ class KlineStream:
     subscribers: set[Connection] = field(default_factory=set)
     last_update: tuple[int, int] | None = None
     late_finals: list[Frame] = field(default_factory=list)
+    prepared: PreparedFinal | None = None
 
-    def frame(self, event: dict[str, Any] | bytes) -> Frame:
-        raw = event if isinstance(event, bytes) else orjson.dumps(event)
-        return Frame(raw, b'{"stream":"' + self.name.encode() + b'","data":' + raw + b"}")
+    def frame(self, body: bytes, *, first_half: bool = False) -> Frame:
+        """A frame of the event `{"e":"kline","E":…,` + the rest of `body` (the event's other
+        keys, serialised). `first_half`: only the first half of the event's bytes (invalid
+        JSON), the same bytes as cutting the stamped event, E having its 13 digits."""
+        tail = b"," + body[1:]
+        if first_half:
+            whole = len(_KLINE_HEAD) + _E_DIGITS + len(tail)
+            tail = tail[: max(0, whole // 2 - len(_KLINE_HEAD) - _E_DIGITS)]
+        wrapper = b'{"stream":"' + self.name.encode() + b'","data":' + _KLINE_HEAD
+        return Frame(_KLINE_HEAD, tail, wrapper, tail + b"}")
+
+
+def _text_header(length: int) -> bytes:
+    """The header of an unmasked, final, uncompressed WebSocket text frame (RFC 6455 5.2)."""
+    if length < 126:
+        return bytes((0x81, length))
+    if length < 65536:
+        return _HEADER_16(0x81, 126, length)
+    return _HEADER_64(0x81, 127, length)
 
 
 class Connection:
@@ -85,7 +176,9 @@ class Connection:
         self.request = request
         self.combined = combined
         self.subscriptions: dict[str, None] = {}  # ordered set, as LIST_SUBSCRIPTIONS shows it
-        self._outbox: deque[tuple[float, bytes]] = deque()  # (monotonic time queued, frame)
+        # (monotonic time queued, bytes or head, tail or None when the bytes are final, again)
+        self._outbox: deque[tuple[float, bytes, bytes | None, bool]] = deque()
+        self._last_sent = b""
         self._wake = asyncio.Event()
         self._incoming: deque[float] = deque(maxlen=hub.config.max_incoming_per_s)
         now = time.monotonic()
@@ -101,14 +194,86 @@ class Connection:
         return self.closing
 
     def enqueue(self, data: bytes) -> None:
-        self._outbox.append((time.monotonic(), data))
+        """Queue a frame sent as it is (method replies)."""
+        self._outbox.append((time.monotonic(), data, None, False))
+        self._queued()
+
+    def enqueue_frames(self, frames: Iterable[Frame]) -> None:
+        """Queue kline frames; E is stamped when each is written (see `flush`), or now under
+        the latency fault."""
+        now = time.monotonic()
+        append = self._outbox.append
+        stamp = self.hub.faults.ws_latency_ms > 0
+        stamped_at = self.hub.wall_ms() if stamp else 0
+        combined = self.combined
+        for frame in frames:
+            if frame.again:
+                append((now, b"", None, True))
+                continue
+            head, tail = (frame.combined_head, frame.combined_tail) if combined else (frame.head, frame.tail)
+            if stamp:
+                append((now, b"%b%d%b" % (head, stamped_at, tail), None, False))
+            else:
+                append((now, head, tail, False))
+        self._queued()
+
+    def _queued(self) -> None:
         if len(self._outbox) > _MAX_OUTBOX:
             logger.warning("stream client %s does not read; dropped", self.request.remote)
+            self._outbox.clear()
             self.abort()
         self._wake.set()
 
-    def enqueue_frame(self, frame: Frame) -> None:
-        self.enqueue(frame.combined if self.combined else frame.raw)
+    def flush(self) -> None:
+        """Hand every frame that is due to the socket, in order, each its own WebSocket
+        message. E is stamped into each frame right before it joins the bytes of the next
+        socket write (writes of about `_WRITE_CHUNK` bytes: one syscall per frame costs more
+        than it saves). Stops at the write-buffer limit; the writer task goes on when the
+        client has read."""
+        with _gc_paused():
+            self._flush()
+
+    def _flush(self) -> None:
+        transport = self.request.transport
+        outbox = self._outbox
+        if transport is None or transport.is_closing() or self.ws.closed:
+            outbox.clear()
+            return
+        latency = self.hub.faults.ws_latency_ms / 1000
+        now = time.monotonic()
+        write, buffered, stamp = transport.write, transport.get_write_buffer_size, self.hub.wall_ms
+        last, sent, size = self._last_sent, 0, 0
+        parts: list[bytes] = []
+        while outbox and buffered() < _WRITE_BUFFER_LIMIT and not transport.is_closing():
+            queued, data, tail, again = outbox[0]
+            if latency and queued + latency > now:
+                break  # each frame leaves `latency` after it was queued
+            outbox.popleft()
+            if again:
+                data = last
+            elif tail is not None:
+                data = b"%b%d%b" % (data, stamp(), tail)
+            parts.append(_text_header(len(data)))
+            parts.append(data)
+            last = data
+            sent += 1
+            size += len(data)
+            if size >= _WRITE_CHUNK:
+                write(b"".join(parts))
+                parts.clear()
+                size = 0
+        if parts and not transport.is_closing():
+            write(b"".join(parts))
+        self._last_sent = last
+        self.hub.counters.frames_sent += sent
+
+    def _next_flush(self, now: float) -> float:
+        """When the outbox (not empty) can be written next (monotonic)."""
+        transport = self.request.transport
+        if transport is not None and transport.get_write_buffer_size() >= _WRITE_BUFFER_LIMIT:
+            return now + _DRAIN_POLL_S
+        latency = self.hub.faults.ws_latency_ms / 1000
+        return self._outbox[0][0] + latency if latency else now
 
     def abort(self) -> None:
         """Cut the TCP connection without a closing handshake (a network failure)."""
@@ -130,27 +295,24 @@ class Connection:
         self._awaiting_pong_since = None
 
     async def write_loop(self) -> None:
-        ws, config, faults = self.ws, self.hub.config, self.hub.faults
+        """Writes what the ticker did not (method replies, frames delayed by the latency
+        fault or by a full write buffer), pings, and drops clients that stopped answering."""
+        ws, config = self.ws, self.hub.config
         try:
             while not ws.closed:
-                if not self._outbox:
-                    deadline = self._next_ping
-                    if self._awaiting_pong_since is not None:
-                        deadline = min(deadline, self._awaiting_pong_since + config.pong_timeout_s)
+                now = time.monotonic()
+                deadline = self._next_ping
+                if self._awaiting_pong_since is not None:
+                    deadline = min(deadline, self._awaiting_pong_since + config.pong_timeout_s)
+                if self._outbox:
+                    deadline = min(deadline, self._next_flush(now))
+                if deadline > now:
                     with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                        async with asyncio.timeout(deadline - now):
                             await self._wake.wait()
                 self._wake.clear()
-                outbox, latency = self._outbox, faults.ws_latency_ms / 1000
-                if outbox and latency:
-                    await asyncio.sleep(max(0.0, outbox[0][0] + latency - time.monotonic()))
+                self.flush()
                 now = time.monotonic()
-                sent = 0
-                # Each frame leaves `latency` after it was queued; without latency, all at once.
-                while outbox and (not latency or outbox[0][0] + latency <= now):
-                    await ws.send_frame(outbox.popleft()[1], WSMsgType.TEXT)
-                    sent += 1
-                self.hub.counters.frames_sent += sent
                 if (
                     self._awaiting_pong_since is not None
                     and now - self._awaiting_pong_since >= config.pong_timeout_s
@@ -167,6 +329,25 @@ class Connection:
             self.abort()
 
 
+class _Pacer:
+    """Background work in slices of `_SLICE_S` with a yield to the event loop between them;
+    a pass stops once simulated time reaches the next minute boundary (a close burst)."""
+
+    def __init__(self, clock: SimClock, now_ms: int) -> None:
+        self._clock = clock
+        self._boundary = floor_to(now_ms, MINUTE_MS) + MINUTE_MS
+        self._slice_end = time.perf_counter() + _SLICE_S
+
+    def slice_over(self) -> bool:
+        return time.perf_counter() >= self._slice_end
+
+    async def pause(self) -> bool:
+        """Yield; False when the pass must stop for a close."""
+        await asyncio.sleep(0)
+        self._slice_end = time.perf_counter() + _SLICE_S
+        return self._clock.now_ms() < self._boundary
+
+
 class StreamHub:
     def __init__(
         self, *, market: Market, clock: SimClock, faults: FaultState, config: SimConfig, counters: Counters
@@ -180,6 +361,7 @@ class StreamHub:
         self.streams: dict[str, KlineStream] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._prefetched: set[tuple[int, int]] = set()
+        self.wall_ms: Callable[[], int] = wall_ms  # the clock of E (tests replace it)
 
     # Lifecycle ----------------------------------------------------------------------------
 
@@ -215,7 +397,7 @@ class StreamHub:
             if len(names) > self.config.max_streams:
                 await self._close_for_limits(connection, b"Too many streams")
                 return ws
-            self._subscribe(connection, names)
+            self.subscribe(connection, names)
             connection.writer = asyncio.create_task(connection.write_loop())
             await self._read_loop(connection)
         finally:
@@ -256,7 +438,7 @@ class StreamHub:
         self.connections.discard(connection)
         if connection.writer is not None:
             connection.writer.cancel()
-        self._unsubscribe(connection, list(connection.subscriptions))
+        self.unsubscribe(connection, list(connection.subscriptions))
 
     def _method(self, connection: Connection, data: str | bytes) -> dict[str, Any] | None:
         """The answer to a method frame; None when it must close the connection."""
@@ -291,9 +473,9 @@ class StreamHub:
                 added = [name for name in dict.fromkeys(params) if name not in connection.subscriptions]
                 if len(connection.subscriptions) + len(added) > self.config.max_streams:
                     return None
-                self._subscribe(connection, added)
+                self.subscribe(connection, added)
             else:
-                self._unsubscribe(connection, params)
+                self.unsubscribe(connection, params)
             return {"result": None, "id": request_id}
         if method == "LIST_SUBSCRIPTIONS":
             return {"result": list(connection.subscriptions), "id": request_id}
@@ -308,7 +490,7 @@ class StreamHub:
             return _ws_error(0, "Unknown property", request_id)
         return {"result": connection.combined, "id": request_id}
 
-    def _subscribe(self, connection: Connection, names: list[str]) -> None:
+    def subscribe(self, connection: Connection, names: list[str]) -> None:
         now = self.clock.now_ms()
         for name in names:
             connection.subscriptions[name] = None
@@ -320,7 +502,7 @@ class StreamHub:
                 self.streams[name] = stream
             stream.subscribers.add(connection)
 
-    def _unsubscribe(self, connection: Connection, names: list[str]) -> None:
+    def unsubscribe(self, connection: Connection, names: list[str]) -> None:
         for name in names:
             connection.subscriptions.pop(name, None)
             stream = self.streams.get(name)
@@ -350,12 +532,15 @@ class StreamHub:
 
     async def _run_ticks(self) -> None:
         while True:
+            now = self.clock.now_ms()
             try:
-                self.tick(self.clock.now_ms(), int(time.time() * 1000))
+                await self.tick(now)
             except Exception:
                 logger.exception("stream tick failed")
-            now = self.clock.now_ms()
-            next_minute = floor_to(now, MINUTE_MS) + MINUTE_MS
+            after = self.clock.now_ms()
+            next_minute = floor_to(after, MINUTE_MS) + MINUTE_MS
+            if floor_to(after, MINUTE_MS) > floor_to(now, MINUTE_MS):
+                continue  # a boundary passed during the tick: its burst goes out now
             delay = min(self.config.update_interval_s, self.clock.seconds_until(next_minute))
             await asyncio.sleep(max(delay, 0.001))
 
@@ -371,95 +556,181 @@ class StreamHub:
                 await self._drop_all()
                 next_drop += every
 
-    def tick(self, now_ms: int, wall_ms: int) -> None:
-        """Queue every frame that simulated time `now_ms` calls for, stamped E = `wall_ms`."""
+    async def tick(self, now_ms: int) -> bool:
+        """Everything simulated time `now_ms` calls for: the close burst, the updates, and the
+        finals of the next closes prepared. False when a minute boundary came before the
+        background part finished (the rest waits for the next tick)."""
+        self.send_closes(now_ms)
+        return await self.send_updates(now_ms) and await self.prepare(now_ms)
+
+    def send_closes(self, now_ms: int) -> None:
+        """The close burst: the final frames of every candle closed by `now_ms`, queued for
+        every subscriber and handed to the sockets (E stamped frame by frame as written)."""
+        with _gc_paused():
+            self._send_closes(now_ms)
+
+    def _send_closes(self, now_ms: int) -> None:
+        pending: dict[Connection, list[Frame]] = {}
+        behind: list[KlineStream] = []  # finals not prepared: built once the others are out
+        queued = 0
         for stream in list(self.streams.values()):
-            frames = self._advance(stream, now_ms, wall_ms)
+            open_ms = stream.last_final_open + stream.interval_ms
+            if open_ms + stream.interval_ms > now_ms:
+                continue  # its candle has not closed
+            if not self._is_prepared(stream, open_ms):
+                behind.append(stream)
+                continue
+            self._queue_closes(stream, now_ms, pending)
+            queued += 1
+            if queued % _BURST_FLUSH_STREAMS == 0:
+                _send(pending)  # the first frames leave while the rest is queued
+        for stream in behind:
+            self._queue_closes(stream, now_ms, pending)
+            queued += 1
+            if queued % _BURST_FLUSH_STREAMS == 0:
+                _send(pending)
+        _send(pending)
+
+    def _queue_closes(self, stream: KlineStream, now_ms: int, pending: dict[Connection, list[Frame]]) -> None:
+        """Add to `pending` the finals of every candle of `stream` closed by `now_ms`, as
+        prepared or built now."""
+        length = stream.interval_ms
+        for open_ms in range(stream.last_final_open + length, floor_to(now_ms, length), length):
+            prepared = stream.prepared if self._is_prepared(stream, open_ms) else None
+            stream.last_final_open = open_ms
+            stream.prepared = None
+            if prepared is None:
+                prepared = self._build_final(stream, open_ms)
+            self.counters.final_frames += prepared.finals
+            if prepared.late_final is not None:
+                stream.late_finals.append(prepared.late_final)
+            if prepared.frames:
+                for connection in stream.subscribers:
+                    pending.setdefault(connection, []).extend(prepared.frames)
+
+    def _is_prepared(self, stream: KlineStream, open_ms: int) -> bool:
+        prepared = stream.prepared
+        return (
+            prepared is not None
+            and prepared.open_ms == open_ms
+            and prepared.generation == self.faults.generation
+        )
+
+    async def send_updates(self, now_ms: int) -> bool:
+        """An update of every forming candle that changed since its last one (then the late
+        finals of the out-of-order fault); stops at the next minute boundary."""
+        pacer = _Pacer(self.clock, now_ms)
+        pending: dict[Connection, list[Frame]] = {}
+        for stream in list(self.streams.values()):
+            frames = self._update(stream, now_ms)
             if frames:
                 for connection in stream.subscribers:
-                    for frame in frames:
-                        connection.enqueue_frame(frame)
-        self._prefetch(now_ms)
+                    pending.setdefault(connection, []).extend(frames)
+            if pacer.slice_over():
+                _send(pending)
+                if not await pacer.pause():
+                    return False
+        _send(pending)
+        return True
 
-    def _advance(self, stream: KlineStream, now_ms: int, wall_ms: int) -> list[Frame]:
-        faults, length = self.faults, stream.interval_ms
-        frames: list[Frame] = []
-        current_open = floor_to(now_ms, length)
-        for open_ms in range(stream.last_final_open + length, current_open, length):
-            stream.last_final_open = open_ms
-            if faults.is_silenced(stream.name, open_ms):
+    async def prepare(self, now_ms: int) -> bool:
+        """Build the next final of every stream that has none (or one built under other fault
+        settings), then prefetch the next 4-hour chunk of subscribed symbols when it is near;
+        stops at the next minute boundary."""
+        pacer = _Pacer(self.clock, now_ms)
+        for stream in list(self.streams.values()):
+            open_ms = stream.last_final_open + stream.interval_ms
+            if self._is_prepared(stream, open_ms):
                 continue
-            final = self.market.closed(stream.spec, length, open_ms, open_ms)[0]
-            event = _event(stream, final, wall_ms)
-            self._inject_malformed(stream, frames, event, open_ms, -1)
-            frame = stream.frame(event)
-            frames.append(frame)
-            self.counters.final_frames += 1
-            if faults.duplicates(stream.name, open_ms):
-                frames.append(frame)
-            disorder = faults.out_of_order(stream.name, open_ms)
-            if disorder == "stale-update":
-                stale = self.market.forming(stream.spec, length, open_ms + length // 2)
-                frames.append(stream.frame(_event(stream, stale, wall_ms)))
-            elif disorder == "late-final":
-                stream.late_finals.append(frame)
+            stream.prepared = self._build_final(stream, open_ms)
+            if pacer.slice_over() and not await pacer.pause():
+                return False
+        return await self._prefetch(now_ms, pacer)
+
+    def _build_final(self, stream: KlineStream, open_ms: int) -> PreparedFinal:
+        faults, length = self.faults, stream.interval_ms
+        prepared = PreparedFinal(open_ms, faults.generation)
+        if faults.is_silenced(stream.name, open_ms):
+            return prepared
+        body = _body(stream, self.market.closed(stream.spec, length, open_ms, open_ms)[0])
+        self._inject_malformed(stream, prepared.frames, body, open_ms, -1)
+        frame = stream.frame(orjson.dumps(body))
+        prepared.frames.append(frame)
+        prepared.finals = 1
+        if faults.duplicates(stream.name, open_ms):
+            prepared.frames.append(_AGAIN)
+        disorder = faults.out_of_order(stream.name, open_ms)
+        if disorder == "stale-update":
+            stale = self.market.forming(stream.spec, length, open_ms + length // 2)
+            prepared.frames.append(stream.frame(orjson.dumps(_body(stream, stale))))
+        elif disorder == "late-final":
+            prepared.late_final = frame
+        return prepared
+
+    def _update(self, stream: KlineStream, now_ms: int) -> list[Frame]:
+        length = stream.interval_ms
+        current_open = floor_to(now_ms, length)
         update_key = (
             current_open,
             floor_to(now_ms, MINUTE_MS) // MINUTE_MS * CHECKPOINTS + checkpoint_at(now_ms),
         )
-        if update_key != stream.last_update and not faults.is_silenced(stream.name, current_open):
-            stream.last_update = update_key
-            event = _event(stream, self.market.forming(stream.spec, length, now_ms), wall_ms)
-            self._inject_malformed(stream, frames, event, current_open, update_key[1])
-            frames.append(stream.frame(event))
-            frames.extend(stream.late_finals)
-            stream.late_finals.clear()
+        if update_key == stream.last_update or self.faults.is_silenced(stream.name, current_open):
+            return []
+        stream.last_update = update_key
+        body = _body(stream, self.market.forming(stream.spec, length, now_ms))
+        frames: list[Frame] = []
+        self._inject_malformed(stream, frames, body, current_open, update_key[1])
+        frames.append(stream.frame(orjson.dumps(body)))
+        frames.extend(stream.late_finals)
+        stream.late_finals.clear()
         return frames
 
     def _inject_malformed(
-        self, stream: KlineStream, frames: list[Frame], event: dict[str, Any], open_ms: int, frame_key: int
+        self, stream: KlineStream, frames: list[Frame], body: dict[str, Any], open_ms: int, frame_key: int
     ) -> None:
         kind = self.faults.malformed(stream.name, open_ms, frame_key)
         if kind is not None:
-            frames.append(stream.frame(_malformed(event, kind)))
+            frames.append(_malformed(stream, body, kind))
 
-    def _prefetch(self, now_ms: int) -> None:
+    async def _prefetch(self, now_ms: int, pacer: _Pacer) -> bool:
         """Generate the next 4-hour chunk of subscribed symbols a little before it is needed,
-        spread over ticks, so the close burst at a chunk boundary does not wait for it."""
+        in slices, so the ticks at a chunk boundary do not wait for it."""
         next_chunk = now_ms // CHUNK_MS + 1
         if (
             self.clock.seconds_until(next_chunk * CHUNK_MS) > 5.0
             and next_chunk * CHUNK_MS - now_ms > 20 * MINUTE_MS
         ):
-            return
-        budget = _PREFETCH_PER_TICK
-        for stream in self.streams.values():
+            return True
+        for stream in list(self.streams.values()):
             key = (stream.spec.index, next_chunk)
             if key in self._prefetched:
                 continue
-            if budget == 0:
-                return
             self.market.minutes(stream.spec, next_chunk * CHUNK_MS, next_chunk * CHUNK_MS + MINUTE_MS)
             self._prefetched.add(key)
-            budget -= 1
+            if pacer.slice_over() and not await pacer.pause():
+                return False
         if len(self._prefetched) > 100_000:
             self._prefetched = {key for key in self._prefetched if key[1] >= next_chunk}
+        return True
 
 
-def _event(stream: KlineStream, candle: Candle, wall_ms: int) -> dict[str, Any]:
-    return {
-        "e": "kline",
-        "E": wall_ms,
-        "s": stream.spec.name,
-        "k": candle.stream_payload(stream.spec.name, stream.interval),
-    }
+def _send(pending: dict[Connection, list[Frame]]) -> None:
+    """Queue each connection's frames and write them; empties `pending`."""
+    for connection, frames in pending.items():
+        connection.enqueue_frames(frames)
+        connection.flush()
+    pending.clear()
 
 
-def _malformed(event: dict[str, Any], kind: str) -> dict[str, Any] | bytes:
+def _body(stream: KlineStream, candle: Candle) -> dict[str, Any]:
+    """A kline event without its leading `e` and `E` (see `KlineStream.frame`)."""
+    return {"s": stream.spec.name, "k": candle.stream_payload(stream.spec.name, stream.interval)}
+
+
+def _malformed(stream: KlineStream, body: dict[str, Any], kind: str) -> Frame:
     if kind == "invalid-json":
-        raw = orjson.dumps(event)
-        return raw[: len(raw) // 2]
-    kline = dict(event["k"])
+        return stream.frame(orjson.dumps(body), first_half=True)
+    kline = dict(body["k"])
     if kind == "missing-field":
         del kline["c"]
     elif kind == "wrong-type":
@@ -467,7 +738,7 @@ def _malformed(event: dict[str, Any], kind: str) -> dict[str, Any] | bytes:
         kline["n"] = str(kline["n"])
     else:
         kline["c"] = "not-a-number"
-    return {**event, "k": kline}
+    return stream.frame(orjson.dumps({**body, "k": kline}))
 
 
 def _ws_error(code: int, msg: str, request_id: Any) -> dict[str, Any]:

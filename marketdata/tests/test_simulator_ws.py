@@ -5,6 +5,7 @@ import asyncio
 import time
 from collections import Counter
 from datetime import UTC, datetime
+from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
@@ -13,7 +14,9 @@ import pytest
 import pytest_asyncio
 
 from marketdata.simulator import SimConfig, SimExchange
+from marketdata.simulator import streams as streams_module
 from marketdata.simulator.intervals import MINUTE_MS
+from marketdata.simulator.streams import Connection
 from marketdata.simulator.symbols import generated_names
 
 START = int(datetime(2024, 3, 1, 12, tzinfo=UTC).timestamp() * 1000)
@@ -300,13 +303,16 @@ async def test_a_thousand_symbols_closing_together_arrive_as_one_burst(session):
                     orjson.dumps({"method": "SUBSCRIBE", "params": params, "id": first}).decode()
                 )
             received = Received(ws)
-            # Every symbol's final of the same candle.
+            # Every symbol's final of the same candle, twice: the first burst after subscribing
+            # may still be generating candles (its E grows as frames leave), the next one was
+            # prepared ahead.
             await received.until(
-                lambda r: max(Counter(k["t"] for k in r.finals()).values(), default=0) >= 1000
+                lambda r: sum(n >= 1000 for n in Counter(k["t"] for k in r.finals()).values()) >= 2
             )
         by_candle = Counter(k["t"] for k in received.finals())
-        candle, count = by_candle.most_common(1)[0]
-        assert count == 1000
+        complete = sorted(t for t, n in by_candle.items() if n >= 1000)
+        assert [by_candle[t] for t in complete] == [1000] * len(complete)
+        candle = complete[1]
         burst = [e for e in received.events() if e["k"]["x"] and e["k"]["t"] == candle]
         assert {e["s"] for e in burst} == set(names)
         assert max(e["E"] for e in burst) - min(e["E"] for e in burst) < 250
@@ -456,3 +462,137 @@ async def test_latency_fault_delays_every_frame(session):
         assert max(delays) < 1500
     finally:
         await exchange.stop()
+
+
+# Event time, without sockets --------------------------------------------------------------
+
+
+class FakeWall:
+    """The clock of E: stands still unless moved, and advances 1 ms every time it is read,
+    so frames stamped one by one get distinct, increasing E values."""
+
+    def __init__(self, now):
+        self.now = now
+        self.reads = 0
+
+    def __call__(self):
+        self.reads += 1
+        self.now += 1
+        return self.now
+
+
+class FakeTransport:
+    def __init__(self):
+        self.writes: list[bytes] = []
+
+    def write(self, data):
+        self.writes.append(bytes(data))
+
+    def get_write_buffer_size(self):
+        return 0
+
+    def is_closing(self):
+        return False
+
+    def abort(self):
+        raise AssertionError("aborted")
+
+
+def ws_messages(data: bytes) -> list[bytes]:
+    """The payloads of the unmasked text frames in `data`, checking their headers."""
+    messages = []
+    while data:
+        assert data[0] == 0x81  # FIN, text
+        length, start = data[1], 2
+        if length == 126:
+            length, start = int.from_bytes(data[2:4], "big"), 4
+        elif length == 127:
+            length, start = int.from_bytes(data[2:10], "big"), 10
+        messages.append(data[start : start + length])
+        data = data[start + length :]
+    return messages
+
+
+def offline_hub(*, combined=False, **faults):
+    """A hub that is not serving (its simulated clock stands at START) with one connection
+    whose socket writes are recorded; E comes from a FakeWall."""
+    exchange = SimExchange(
+        SimConfig(port=0, symbols=SYMBOLS, start_ms=START, history_minutes=60, faults=faults)
+    )
+    hub = exchange.hub
+    wall = FakeWall(1_700_000_000_000)
+    hub.wall_ms = wall
+    transport = FakeTransport()
+    ws: Any = SimpleNamespace(closed=False)
+    request: Any = SimpleNamespace(transport=transport, remote="test")
+    connection = Connection(hub, ws, request, combined=combined)
+    return exchange, hub, wall, transport, connection
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("combined", [False, True])
+async def test_finals_are_prepared_ahead_and_e_is_stamped_per_frame_when_written(combined, monkeypatch):
+    exchange, hub, wall, transport, connection = offline_hub(combined=combined)
+    names = ["btcusdt@kline_1m", "ethusdt@kline_1m"]
+    hub.subscribe(connection, names)
+    # Before the close of the candle opening at START: its finals are built now…
+    assert await hub.prepare(START + 1_000)
+    built_at = wall.now
+    assert wall.reads == 0  # building does not stamp
+    # …and at the close only stamped and written: the market is not asked again.
+    wall.now += 5_000
+    with monkeypatch.context() as patch:
+        patch.setattr(exchange.market, "closed", None)
+        patch.setattr(exchange.market, "forming", None)
+        hub.send_closes(START + MINUTE_MS)
+    messages = [message for data in transport.writes for message in ws_messages(data)]
+    assert len(messages) == 2
+    events = [orjson.loads(message) for message in messages]
+    if combined:
+        assert [event["stream"] for event in events] == names
+        events = [event["data"] for event in events]
+    stamps = [event["E"] for event in events]
+    # One read of the wall clock per frame, in sending order, after the frames were built.
+    assert stamps == [built_at + 5_001, built_at + 5_002]
+    assert all(stamp >= built_at for stamp in stamps)
+    assert stamps[0] <= stamps[1]
+    for event, symbol in zip(events, ("BTCUSDT", "ETHUSDT"), strict=True):
+        assert list(event) == ["e", "E", "s", "k"]
+        assert (event["e"], event["s"], event["k"]["x"]) == ("kline", symbol, True)
+        spec = exchange.market.symbol(symbol)
+        assert as_row(event["k"]) == exchange.market.closed(spec, MINUTE_MS, START, START)[0].rest_row()
+    assert hub.counters.final_frames == 2
+    assert hub.counters.frames_sent == 2
+
+
+@pytest.mark.asyncio
+async def test_finals_prepared_before_a_fault_change_are_rebuilt():
+    exchange, hub, _wall, transport, connection = offline_hub()
+    hub.subscribe(connection, ["btcusdt@kline_1m", "ethusdt@kline_1m"])
+    assert await hub.prepare(START + 1_000)
+    exchange.faults.apply(
+        {"ws_silence": {"symbol": "BTCUSDT", "interval": "1m", "candles": 1}, "ws_duplicate_rate": 1.0},
+        now_ms=START + 1_000,
+        monotonic_now=time.monotonic(),
+        symbols=set(SYMBOLS),
+    )
+    hub.send_closes(START + MINUTE_MS)
+    messages = [message for data in transport.writes for message in ws_messages(data)]
+    # BTCUSDT silenced; ETHUSDT's final twice, byte for byte (E included).
+    assert len(messages) == 2
+    assert messages[0] == messages[1]
+    assert orjson.loads(messages[0])["s"] == "ETHUSDT"
+
+
+def test_a_truncated_frame_is_the_first_half_of_the_stamped_event():
+    exchange, hub, _wall, _transport, connection = offline_hub()
+    hub.subscribe(connection, ["btcusdt@kline_1m"])
+    stream = hub.streams["btcusdt@kline_1m"]
+    candle = exchange.market.closed(stream.spec, MINUTE_MS, START, START)[0]
+    body = streams_module._body(stream, candle)
+    frame = streams_module._malformed(stream, body, "invalid-json")
+    stamp = 1_700_000_000_123
+    whole = orjson.dumps({"e": "kline", "E": stamp, **body})
+    assert frame.head + str(stamp).encode() + frame.tail == whole[: len(whole) // 2]
+    wrapped = frame.combined_head + str(stamp).encode() + frame.combined_tail
+    assert wrapped == b'{"stream":"btcusdt@kline_1m","data":' + whole[: len(whole) // 2] + b"}"

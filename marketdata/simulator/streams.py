@@ -7,7 +7,8 @@ One ticker task drives every subscribed stream, in three steps per tick:
    candle's final frames (with their injected faults) are queued for every subscriber and
    handed to the sockets at once. They were prepared ahead: a candle's final values are fixed
    long before it closes, so step 3 of an earlier tick has already built and serialised them
-   (once per stream, shared by every subscriber); the burst only queues and writes.
+   (once per stream, shared by every subscriber); the burst only queues and writes. Finals
+   not prepared in time (just subscribed, faults changed) are built after the others left.
 2. Updates of the forming candles, when they changed.
 3. Preparing the next final of every stream (rebuilt if the faults changed since), and the
    next 4-hour chunk of subscribed symbols shortly before it is needed.
@@ -29,7 +30,8 @@ outbox is drained synchronously into the transport, every message its own WebSoc
 (unmasked, uncompressed, as a server frames them), about 16 KiB of frames per write (a
 thousand one-frame writes made the burst spread over 3-13 ms and the delivery jittery), up to a
 write-buffer limit. The connection's writer task sends what the ticker did not (method replies,
-frames held by the latency fault or by a full buffer) and pings."""
+frames held by the latency fault or by a full buffer) and pings. Garbage collection waits while
+a burst is sent and between stamping and writing (see `_gc_paused`)."""
 
 from __future__ import annotations
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 from argparse import ArgumentParser
 from decimal import Decimal, InvalidOperation
@@ -157,6 +158,9 @@ class Command(BaseCommand):
             await exchange.start()
         except OSError as error:
             raise CommandError(f"cannot listen on {config.host}:{config.port}: {error.strerror}") from None
+        # Everything built at start-up (markets, symbol tables) lives for the whole run: keep it
+        # out of the collector's full passes, which otherwise take tens of ms between bursts.
+        gc.freeze()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):

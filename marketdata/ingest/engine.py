@@ -99,18 +99,17 @@ class IngestEngine:
     async def run(self, stop: asyncio.Event) -> None:
         """Ingest until `stop` is set; then stop reading. The caller drains the writer."""
         self._history = KlineHistory(self._profile)
-        streams = [stream_name(symbol, tf) for symbol, tf in self._buffers]
+        all_keys = list(self._buffers)
         per_connection = self._profile.max_streams_per_connection
         try:
             async with aiohttp.ClientSession() as session:
                 connections = []
-                for index in range(0, len(streams), per_connection):
-                    chunk = streams[index : index + per_connection]
-                    keys = [key for key in self._buffers if stream_name(*key) in set(chunk)]
+                for index in range(0, len(all_keys), per_connection):
+                    keys = all_keys[index : index + per_connection]
                     connections.append(
                         StreamConnection(
                             profile=self._profile,
-                            streams=chunk,
+                            streams=[stream_name(*key) for key in keys],
                             on_frame=self.on_frame,
                             on_connected=lambda keys=keys: self._catch_up(keys),  # type: ignore[misc]
                             session=session,

@@ -5,9 +5,11 @@ simulator's closed candles stored, compared row by row."""
 import re
 import signal
 import time
+from urllib.parse import urlsplit
 
 import pytest
 from django.core.management import call_command
+from django.db import connection
 
 from marketdata.models import Candle, Symbol
 from marketdata.simulator import SimConfig, SimExchangeThread
@@ -122,5 +124,6 @@ def test_sigkill_then_restart_backfills_the_gap(sim, tmp_path):
 
 def test_the_harness_env_points_at_the_test_database(sim):
     env = ingest_env(sim)
-    assert env["DATABASE_URL"].endswith("/test_" + env["DATABASE_URL"].rsplit("/test_", 1)[-1])
+    assert urlsplit(env["DATABASE_URL"]).path == "/" + connection.settings_dict["NAME"]
+    assert connection.settings_dict["NAME"].startswith("test_")
     assert env["OASIS_SIM_WS_URL"].startswith("ws://127.0.0.1:")

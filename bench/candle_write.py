@@ -1,8 +1,9 @@
 """Cost of one closed-candle write (the ingest writer's unit of work) by batch size.
 
-Times `candles_upsert_closed` (COPY into a staging table, then one INSERT … SELECT … ON
-CONFLICT) against the reference it was chosen over: one INSERT … SELECT FROM unnest(arrays)
-… ON CONFLICT. Each batch is new rows for a new minute, as a burst of closes is. Runs on a
+Times `candles_upsert_closed`'s two PostgreSQL paths on the same batches: one INSERT … SELECT
+FROM unnest(arrays bound server-side) … ON CONFLICT (batches up to 2,000 rows: live bursts) and
+COPY into a staging table followed by one INSERT … SELECT … ON CONFLICT (larger batches:
+backfills). Each batch is new rows for a new minute, as a burst of closes is. Runs on a
 throw-away PostgreSQL database.
 
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/oasis .venv/bin/python bench/candle_write.py
@@ -16,7 +17,6 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -30,41 +30,25 @@ django.setup()
 
 from django.db import connection  # noqa: E402
 from django.test.utils import setup_databases, teardown_databases  # noqa: E402
-from django.utils import timezone  # noqa: E402
 
-from marketdata.services import _COLUMN_LIST, _ON_CONFLICT, CandleWrite, candles_upsert_closed  # noqa: E402
+from marketdata import services  # noqa: E402
+from marketdata.services import CandleWrite, candles_upsert_closed  # noqa: E402
 from marketdata.tests.factories import SymbolFactory, kline  # noqa: E402
 
 T0 = 1_677_628_800_000
-_UNNEST = (
-    f"INSERT INTO marketdata_candle ({_COLUMN_LIST}) SELECT * FROM unnest("
-    "%s::bigint[], %s::varchar[], %s::timestamptz[], %s::numeric[], %s::numeric[], %s::numeric[], "
-    "%s::numeric[], %s::numeric[], %s::numeric[], %s::int[], %s::bool[], %s::bool[], %s::varchar[], "
-    f"%s::timestamptz[]) {_ON_CONFLICT}"
-)
 
 
-def unnest_upsert(writes: Sequence[CandleWrite]) -> int:
-    now = timezone.now()
-    columns: list[list[object]] = [[] for _ in range(14)]
-    for write in writes:
-        k = write.kline
-        values = (
-            write.symbol_id,
-            k.timeframe.value,
-            datetime.fromtimestamp(k.open_time_ms / 1000, tz=UTC),
-            *(format(getattr(k, f), "f") for f in ("open", "high", "low", "close", "volume", "quote_volume")),
-            k.trades,
-            True,
-            write.imputed,
-            write.source,
-            now,
-        )
-        for column, value in zip(columns, values, strict=True):
-            column.append(value)
-    with connection.cursor() as cursor:
-        cursor.execute(_UNNEST, columns)
-        return int(cursor.rowcount)
+def arrays_path(writes: Sequence[CandleWrite]) -> int:
+    return candles_upsert_closed(writes=writes)  # up to services._ARRAYS_MAX_ROWS rows
+
+
+def copy_path(writes: Sequence[CandleWrite]) -> int:
+    limit = services._ARRAYS_MAX_ROWS
+    services._ARRAYS_MAX_ROWS = 0  # every batch through COPY, as batches above the limit go
+    try:
+        return candles_upsert_closed(writes=writes)
+    finally:
+        services._ARRAYS_MAX_ROWS = limit
 
 
 def measure(
@@ -89,7 +73,7 @@ def measure(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default="1,100,1000", help="batch sizes")
+    parser.add_argument("--sizes", default="1,100,1000,2000", help="batch sizes")
     parser.add_argument("--repeats", type=int, default=25)
     args = parser.parse_args()
     if connection.vendor != "postgresql":
@@ -100,14 +84,12 @@ def main() -> None:
         symbols = [symbol.pk for symbol in SymbolFactory.create_batch(max(sizes))]
         minute = 0
         for size in sizes:
-            ours_p50, ours_p95, minute = measure(
-                lambda w: candles_upsert_closed(writes=w), symbols, size, args.repeats, minute
-            )
-            ref_p50, ref_p95, minute = measure(unnest_upsert, symbols, size, args.repeats, minute)
+            arrays_p50, arrays_p95, minute = measure(arrays_path, symbols, size, args.repeats, minute)
+            copy_p50, copy_p95, minute = measure(copy_path, symbols, size, args.repeats, minute)
             print(
-                f"{size:>5} rows: COPY+upsert p50 {ours_p50:.1f} ms p95 {ours_p95:.1f} ms | "
-                f"unnest reference p50 {ref_p50:.1f} ms p95 {ref_p95:.1f} ms | "
-                f"ratio {ref_p50 / ours_p50:.2f}x"
+                f"{size:>5} rows: arrays p50 {arrays_p50:.1f} ms p95 {arrays_p95:.1f} ms | "
+                f"COPY p50 {copy_p50:.1f} ms p95 {copy_p95:.1f} ms | "
+                f"COPY / arrays {copy_p50 / arrays_p50:.2f}x"
             )
     finally:
         teardown_databases(old, verbosity=0)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import re
@@ -95,7 +96,7 @@ def start_simulator(symbols: int, speed: float) -> tuple[subprocess.Popen[str], 
     raise RuntimeError("the simulator did not start")
 
 
-def one_run(symbols: int, closes: int, speed: float, writer_threads: int) -> dict[str, float]:
+def one_run(symbols: int, closes: int, speed: float, writer_connections: int) -> dict[str, float]:
     sim, base = start_simulator(symbols, speed)
     try:
         host_port = base.removeprefix("http://")
@@ -109,31 +110,30 @@ def one_run(symbols: int, closes: int, speed: float, writer_threads: int) -> dic
 
         samples: list[tuple[int, float]] = []  # (open time, latency s) of live closes
         write_seconds: list[float] = []
+        burst_sizes: dict[int, int] = {}  # live closes committed per open time, counted as they come
 
         def committed(batch: list[CandleWrite], at: float, took: float) -> None:
             write_seconds.append(took)
             for write in batch:
                 if write.source == "ws" and write.kline.event_time_ms is not None:
                     samples.append((write.kline.open_time_ms, at - write.kline.event_time_ms / 1000))
+                    burst_sizes[write.kline.open_time_ms] = burst_sizes.get(write.kline.open_time_ms, 0) + 1
 
         def complete_bursts() -> list[int]:
-            sizes: dict[int, int] = {}
-            for open_time, _ in list(samples):
-                sizes[open_time] = sizes.get(open_time, 0) + 1
-            return sorted(open_time for open_time, size in sizes.items() if size == len(symbol_ids))
+            return sorted(open_time for open_time, size in burst_sizes.items() if size == len(symbol_ids))
 
-        received: list[float] = []  # final frames: receipt - E (the simulator and the network)
+        # Final frames as they reach the engine (receipt wall time, frame), parsed after the run
+        # so the measuring does not slow the burst: receipt - E is the simulator's and the
+        # network's share of the latency, plus any wait for this process's loop.
+        finals: list[tuple[float, str | bytes]] = []
 
         class TimedEngine(IngestEngine):
             def on_frame(self, raw: str | bytes) -> None:
-                now = time.time()
                 if (b'"x":true' if isinstance(raw, bytes) else '"x":true') in raw:  # type: ignore[operator]
-                    message = orjson.loads(raw)
-                    received.append(now - message.get("data", message)["E"] / 1000)
+                    finals.append((time.time(), raw))
                 super().on_frame(raw)
 
-        writer = CandleWriter(threads=writer_threads, on_committed=committed)
-        writer.start()
+        writer = CandleWriter(connections=writer_connections, on_committed=committed)
         engine = TimedEngine(
             profile=profile,
             symbol_ids=symbol_ids,
@@ -144,19 +144,21 @@ def one_run(symbols: int, closes: int, speed: float, writer_threads: int) -> dic
 
         async def run() -> None:
             stop = asyncio.Event()
-            task = asyncio.create_task(engine.run(stop))
-            # Wait for `closes` complete bursts after the first one (connect and subscribe).
-            while len(complete_bursts()) < closes + 1:
-                if task.done():
-                    task.result()
-                await asyncio.sleep(0.1)
-            stop.set()
-            await task
+            async with writer.running(on_failure=stop):
+                task = asyncio.create_task(engine.run(stop))
+                # Wait for `closes` complete bursts after the first one (connect and subscribe).
+                while len(complete_bursts()) < closes + 1:
+                    if task.done():
+                        task.result()
+                    await asyncio.sleep(0.1)
+                stop.set()
+                await task
 
         usage_before = resource.getrusage(resource.RUSAGE_SELF)
         wall_before = time.perf_counter()
+        gc.collect()
+        gc.freeze()  # as `manage.py ingest` does after start-up
         asyncio.run(run())
-        writer.stop()
         wall = time.perf_counter() - wall_before
         usage = resource.getrusage(resource.RUSAGE_SELF)
         cpu = (usage.ru_utime - usage_before.ru_utime) + (usage.ru_stime - usage_before.ru_stime)
@@ -164,6 +166,12 @@ def one_run(symbols: int, closes: int, speed: float, writer_threads: int) -> dic
         # Skip the first complete burst (it may race the subscription); judge the next ones.
         bursts = complete_bursts()[1 : closes + 1]
         judged = [latency for open_time, latency in samples if open_time in set(bursts)]
+        received = []
+        for at, raw in finals:
+            message = orjson.loads(raw)
+            event = message.get("data", message)
+            if event["k"]["t"] in set(bursts):
+                received.append(at - event["E"] / 1000)
         worst = dict.fromkeys(bursts, 0.0)
         for open_time, latency in samples:
             if open_time in worst:
@@ -213,7 +221,7 @@ def main() -> None:
     parser.add_argument("--closes", type=int, default=10, help="simultaneous closes measured per run")
     parser.add_argument("--speed", type=float, default=30.0, help="simulator clock speed")
     parser.add_argument("--runs", type=int, default=3, help="runs per symbol count; the median is quoted")
-    parser.add_argument("--writer-threads", type=int, default=2, help="CandleWriter worker threads")
+    parser.add_argument("--writer-connections", type=int, default=2, help="CandleWriter connections")
     args = parser.parse_args()
     if connection.vendor != "postgresql":
         raise SystemExit("bench/ingest.py measures PostgreSQL: set DATABASE_URL=postgres://...")
@@ -222,7 +230,7 @@ def main() -> None:
         for n in range(args.runs):
             old = setup_databases(verbosity=0, interactive=False)
             try:
-                figures = one_run(count, args.closes, args.speed, args.writer_threads)
+                figures = one_run(count, args.closes, args.speed, args.writer_connections)
             finally:
                 teardown_databases(old, verbosity=0)
             runs.append(figures)

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+import psycopg
 from django.db import connection, transaction
 from django.utils import timezone
 
@@ -52,6 +53,20 @@ _CREATE_STAGING = (
     "CREATE TEMP TABLE IF NOT EXISTS marketdata_candle_staging ON COMMIT DELETE ROWS AS "  # noqa: S608
     f"SELECT {_COLUMN_LIST} FROM marketdata_candle WITH NO DATA"
 )
+# Small batches (a burst of live closes) go as one INSERT … SELECT FROM unnest(arrays) with
+# the arrays bound server-side: one statement and one round trip, atomic on its own. Larger
+# batches (backfills) go through COPY into a staging table, cheaper per row at that size.
+_ARRAYS_MAX_ROWS = 2000
+_INSERT_FROM_ARRAYS = (
+    f"INSERT INTO marketdata_candle ({_COLUMN_LIST}) "  # noqa: S608 - module constants only
+    "SELECT symbol_id, timeframe, 'epoch'::timestamptz + open_ms * interval '1 millisecond', "
+    "open::numeric, high::numeric, low::numeric, close::numeric, volume::numeric, quote_volume::numeric, "
+    "trades, true, imputed, source, %(ingested_at)s FROM unnest("
+    "%(symbol_id)b::int8[], %(timeframe)b::text[], %(open_ms)b::int8[], %(open)b::text[], %(high)b::text[], "
+    "%(low)b::text[], %(close)b::text[], %(volume)b::text[], %(quote_volume)b::text[], %(trades)b::int8[], "
+    "%(imputed)b::bool[], %(source)b::text[]) AS batch(symbol_id, timeframe, open_ms, open, high, low, "
+    f"close, volume, quote_volume, trades, imputed, source) {_ON_CONFLICT}"
+)
 _INSERT_ONE = (
     f"INSERT INTO marketdata_candle ({_COLUMN_LIST}) "  # noqa: S608 - module constants only
     f"VALUES ({', '.join(['%s'] * len(_CANDLE_COLUMNS))}) {_ON_CONFLICT}"
@@ -73,18 +88,50 @@ def candles_upsert_closed(*, writes: Sequence[CandleWrite]) -> int:
     real), so replays, duplicates and late frames never create a second row nor overwrite
     a closed candle. Forming candles are refused: only closed candles are persisted.
     """
-    if not writes:
+    distinct = _closed_one_per_bucket(writes)
+    if not distinct:
         return 0
+    now = timezone.now()
+    if connection.vendor == "postgresql":
+        if len(distinct) <= _ARRAYS_MAX_ROWS:
+            return _upsert_postgresql_arrays(distinct, now)
+        return _upsert_postgresql(distinct, now)
+    return _upsert_generic(distinct, now)
+
+
+async def candles_upsert_closed_async(
+    *, conn: psycopg.AsyncConnection[Any], writes: Sequence[CandleWrite]
+) -> int:
+    """`candles_upsert_closed` on PostgreSQL through an asyncio connection in autocommit mode:
+    the ingest process's writer, which runs on the same event loop as the streams so that a
+    burst of closes is read and written without threads contending for the interpreter.
+
+    Same statement, same idempotence. Batches larger than one statement's share are written
+    in one transaction.
+    """
+    distinct = _closed_one_per_bucket(writes)
+    if not distinct:
+        return 0
+    now = timezone.now()
+    if len(distinct) <= _ARRAYS_MAX_ROWS:
+        cursor = await conn.execute(_INSERT_FROM_ARRAYS, _array_params(distinct, now))
+        return int(cursor.rowcount)
+    written = 0
+    async with conn.transaction():
+        for start in range(0, len(distinct), _ARRAYS_MAX_ROWS):
+            chunk = distinct[start : start + _ARRAYS_MAX_ROWS]
+            cursor = await conn.execute(_INSERT_FROM_ARRAYS, _array_params(chunk, now))
+            written += int(cursor.rowcount)
+    return written
+
+
+def _closed_one_per_bucket(writes: Sequence[CandleWrite]) -> list[CandleWrite]:
     for write in writes:
         if not write.kline.closed:
             raise ValueError(
                 f"{write.kline.symbol} {write.kline.timeframe} {write.kline.open_time_ms} is not closed"
             )
-    now = timezone.now()
-    distinct = _one_per_bucket(writes)
-    if connection.vendor == "postgresql":
-        return _upsert_postgresql(distinct, now)
-    return _upsert_generic(distinct, now)
+    return _one_per_bucket(writes)
 
 
 def _one_per_bucket(writes: Sequence[CandleWrite]) -> list[CandleWrite]:
@@ -146,6 +193,54 @@ def _upsert_postgresql(writes: Sequence[CandleWrite], now: datetime) -> int:
             copy.write(_copy_text(writes, now))
         cursor.execute(_INSERT_FROM_STAGING)
         return int(cursor.rowcount)
+
+
+def _array_params(writes: Sequence[CandleWrite], now: datetime) -> dict[str, Any]:
+    """The parameters of `_INSERT_FROM_ARRAYS`: one array per column."""
+    params: dict[str, Any] = {
+        name: []
+        for name in (
+            "symbol_id", "timeframe", "open_ms", "open", "high", "low", "close", "volume", "quote_volume",
+            "trades", "imputed", "source",
+        )
+    }  # fmt: skip
+    columns = list(params.values())
+    for write in writes:
+        k = write.kline
+        values = (
+            write.symbol_id,
+            k.timeframe.value,
+            k.open_time_ms,
+            # str() of a Decimal is exact (it may use an exponent, "1E-8", which PostgreSQL's
+            # numeric input reads with the same value and scale) and cheaper than format().
+            str(k.open),
+            str(k.high),
+            str(k.low),
+            str(k.close),
+            str(k.volume),
+            str(k.quote_volume),
+            k.trades,
+            write.imputed,
+            write.source,
+        )
+        for column, value in zip(columns, values, strict=True):
+            column.append(value)
+    params["ingested_at"] = now
+    return params
+
+
+def _upsert_postgresql_arrays(writes: Sequence[CandleWrite], now: datetime) -> int:
+    # Django's own cursor binds parameters client-side, rendering every array element as SQL
+    # text in Python; a psycopg cursor on the same connection binds them server-side (and
+    # prepares the statement after a few runs). Errors still come out as Django's.
+    params = _array_params(writes, now)
+    with connection.wrap_database_errors:
+        connection.ensure_connection()
+        raw = connection.connection
+        assert raw is not None
+        with psycopg.Cursor(raw) as cursor:
+            cursor.execute(_INSERT_FROM_ARRAYS, params)
+            return int(cursor.rowcount)
 
 
 def _upsert_generic(writes: Sequence[CandleWrite], now: datetime) -> int:

@@ -83,12 +83,79 @@ def validate(kline: Kline) -> Kline:
     return kline
 
 
+_TIMEFRAMES: dict[object, Timeframe] = {tf.value: tf for tf in Timeframe}
+_PRICES = ("o", "h", "l", "c")
+
+
 def parse_ws_frame(raw: bytes | str) -> Kline | None:
     """A Binance kline event, raw or wrapped by a combined stream, as a validated `Kline`.
 
     Returns None for frames that are not market data (subscription answers); raises
     `FrameError` for anything malformed or impossible.
+
+    Every frame of every stream passes here, a thousand within milliseconds when candles close
+    together, so a well-formed frame takes one straight path (about a third of the careful
+    one's cost). Anything unusual on it (a missing field, a wrong type, an impossible value)
+    goes to the careful path, which names what is wrong: both accept exactly the same frames.
     """
+    try:
+        message = orjson.loads(raw)
+        if "stream" in message:
+            message = message["data"]
+        body = message["k"]
+        timeframe = _TIMEFRAMES[body["i"]]
+        symbol, o, h, low, c, v, q = (
+            body["s"],
+            body["o"],
+            body["h"],
+            body["l"],
+            body["c"],
+            body["v"],
+            body["q"],
+        )
+        t, n, x, event = body["t"], body["n"], body["x"], message["E"]
+        if (
+            message["e"] == "kline"
+            and "result" not in message
+            and type(symbol) is str
+            and symbol
+            and type(o) is str
+            and type(h) is str
+            and type(low) is str
+            and type(c) is str
+            and type(v) is str
+            and type(q) is str
+            and type(t) is int
+            and type(n) is int
+            and type(x) is bool
+            and type(event) is int
+        ):
+            kline = Kline(
+                symbol, timeframe, t, Decimal(o), Decimal(h), Decimal(low), Decimal(c), Decimal(v),
+                Decimal(q), n, x, event,
+            )  # fmt: skip
+            if (
+                kline.open.is_finite()
+                and kline.high.is_finite()
+                and kline.low.is_finite()
+                and kline.close.is_finite()
+                and kline.volume.is_finite()
+                and kline.quote_volume.is_finite()
+                and 0 < kline.low <= kline.high
+                and kline.low <= kline.open <= kline.high
+                and kline.low <= kline.close <= kline.high
+                and kline.volume >= 0
+                and kline.quote_volume >= 0
+                and n >= 0
+                and t % timeframe.ms == 0
+            ):
+                return kline
+    except Exception:  # noqa: BLE001, S110 - the careful path below says what is wrong
+        pass
+    return _parse_ws_frame_carefully(raw)
+
+
+def _parse_ws_frame_carefully(raw: bytes | str) -> Kline | None:
     try:
         message = orjson.loads(raw)
     except orjson.JSONDecodeError:

@@ -35,7 +35,7 @@ from marketdata.ingest.metrics import (
     GAPS_BACKFILLED,
 )
 from marketdata.ingest.rest import KlineHistory
-from marketdata.ingest.websocket import StreamConnection
+from marketdata.ingest.websocket import StreamConnection, market_data_socket
 from marketdata.ingest.writer import CandleWriter
 from marketdata.services import CandleWrite
 
@@ -83,6 +83,7 @@ class IngestEngine:
                 self._buffers[(symbol, timeframe)] = buffer
         # Gauge children looked up once: the watch loop sets thousands of them every second.
         self._lag_gauges = {key: BUFFER_LAG.labels(key[0], key[1].value) for key in self._buffers}
+        self._received = {source: CANDLES_RECEIVED.labels(source) for source in ("ws", "rest")}
         self._needs_lookback = {key for key, buffer in self._buffers.items() if buffer.last_closed_ms is None}
         # Per timeframe, each newer close seen on any stream and when it was first seen
         # (monotonic clock): (open time ms, seen at).
@@ -102,7 +103,8 @@ class IngestEngine:
         all_keys = list(self._buffers)
         per_connection = self._profile.max_streams_per_connection
         try:
-            async with aiohttp.ClientSession() as session:
+            connector = aiohttp.TCPConnector(socket_factory=market_data_socket)
+            async with aiohttp.ClientSession(connector=connector) as session:
                 connections = []
                 for index in range(0, len(all_keys), per_connection):
                     keys = all_keys[index : index + per_connection]
@@ -166,7 +168,7 @@ class IngestEngine:
             logger.warning("frame_rejected", kind=kind, detail=detail[:200])
 
     def _submit(self, kline: Kline, *, source: str) -> None:
-        CANDLES_RECEIVED.labels(source).inc()
+        self._received[source].inc()
         self._writer.submit(CandleWrite(self._symbol_ids[kline.symbol], kline, source))
 
     def _advance_frontier(self, kline: Kline) -> None:

@@ -5,12 +5,24 @@ from datetime import UTC, datetime
 import pytest
 from django.db import IntegrityError, connection, transaction
 
+from marketdata import services
 from marketdata.models import Candle
 from marketdata.services import CandleWrite, candles_upsert_closed
 from marketdata.tests.factories import SymbolFactory, kline
 
 pytestmark = pytest.mark.django_db
 MINUTE = 60_000
+
+
+@pytest.fixture(autouse=True, params=["arrays", "copy"])
+def write_path(request, monkeypatch):
+    """PostgreSQL writes small batches as one statement over arrays and large ones through COPY:
+    every test here runs on both paths, which must behave the same."""
+    if request.param == "copy":
+        if connection.vendor != "postgresql":
+            pytest.skip("the COPY path is PostgreSQL's")
+        monkeypatch.setattr(services, "_ARRAYS_MAX_ROWS", 0)
+    return request.param
 
 
 def test_exchange_strings_round_trip_exactly():

@@ -1,13 +1,14 @@
 """Kline frames and REST rows: parsed exactly, refused with a named kind when impossible."""
 
+from collections.abc import Callable
 from decimal import Decimal
 
 import orjson
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from marketdata.core.klines import FrameError, parse_rest_row, parse_ws_frame
+from marketdata.core.klines import FrameError, _parse_ws_frame_carefully, parse_rest_row, parse_ws_frame
 from marketdata.core.timeframes import Timeframe
 
 T0 = 1_677_628_800_000  # 2023-03-01 00:00 UTC
@@ -120,3 +121,65 @@ def test_any_consistent_candle_parses_and_keeps_its_strings(prices):
     kline = parse_ws_frame(orjson.dumps(frame(**strings)))
     assert kline is not None
     assert (format(kline.open, "f"), format(kline.high, "f")) == (strings["o"], strings["h"])
+
+
+_PRICE = st.sampled_from(
+    ["23141.57000000", "23160.47000000", "23169.80000000", "23124.85000000", "23200", "23000", "0", "-1"]
+) | st.sampled_from(["NaN", "Infinity", "sNaN", "abc", " 23150 ", "2.315E+4", "", 23141.57, None, 23141])
+_BODY_VALUES: dict[str, st.SearchStrategy[object]] = {
+    "o": _PRICE,
+    "h": _PRICE,
+    "l": _PRICE,
+    "c": _PRICE,
+    "v": st.sampled_from(["0", "1.5", "-0.1", "NaN", "Infinity", 1.5, None]),
+    "q": st.sampled_from(["0", "1.5", "-0.1", "NaN", 1, None]),
+    "t": st.sampled_from([T0, T0 + 1, T0 + 60_000, -60_000, str(T0), True, float(T0), None]),
+    "n": st.sampled_from([0, 5, -1, "5", True, 1.0, None]),
+    "x": st.sampled_from([True, False, "true", 1, 0, None]),
+    "s": st.sampled_from(["BTCUSDT", "", 5, None]),
+    "i": st.sampled_from(["1m", "5m", "4h", "7m", 1, None]),
+}
+_TOP_VALUES: dict[str, st.SearchStrategy[object]] = {
+    "e": st.sampled_from(["kline", "trade", None, 1]),
+    "E": st.sampled_from([T0, "1", True, None, 1.5]),
+    "result": st.none(),
+    "id": st.integers(0, 3),
+    "k": st.sampled_from([[], "k", None]),
+}
+
+
+@given(st.data())
+@settings(max_examples=1500, suppress_health_check=[HealthCheck.too_slow])
+def test_the_fast_path_accepts_exactly_what_the_careful_path_accepts(data):
+    """`parse_ws_frame` takes a straight path for ordinary frames and falls back to the careful
+    one; whatever frame it is given, both must give the same candle or the same refusal."""
+    message = frame()
+    body = message["k"]
+    assert isinstance(body, dict)
+    for _ in range(data.draw(st.integers(0, 2))):
+        key = data.draw(st.sampled_from(sorted(_BODY_VALUES)))
+        if data.draw(st.booleans()):
+            body[key] = data.draw(_BODY_VALUES[key])
+        else:
+            body.pop(key, None)
+    for _ in range(data.draw(st.integers(0, 2))):
+        key = data.draw(st.sampled_from(sorted(_TOP_VALUES)))
+        if data.draw(st.booleans()):
+            message[key] = data.draw(_TOP_VALUES[key])
+        else:
+            message.pop(key, None)
+    wrapped = data.draw(st.sampled_from(["raw", "combined", "half-combined"]))
+    if wrapped == "combined":
+        raw = orjson.dumps({"stream": "btcusdt@kline_1m", "data": message})
+    elif wrapped == "half-combined":
+        raw = orjson.dumps({"stream": "btcusdt@kline_1m", **message})
+    else:
+        raw = orjson.dumps(message)
+
+    def outcome(parse: Callable[[bytes], object]) -> object:
+        try:
+            return parse(raw)
+        except FrameError as exc:
+            return exc.kind
+
+    assert outcome(parse_ws_frame) == outcome(_parse_ws_frame_carefully)

@@ -1,4 +1,5 @@
 import asyncio
+import gc
 import signal
 from typing import Any
 
@@ -58,7 +59,6 @@ class Command(BaseCommand):
         )
         self.stdout.flush()
         writer = CandleWriter()
-        writer.start()
         engine = IngestEngine(
             profile=profile,
             symbol_ids=symbol_ids,
@@ -67,10 +67,15 @@ class Command(BaseCommand):
             resume_from=resume,
             lookback_candles=options["lookback"],
         )
+        # Django, ccxt (every exchange class) and the buffers make a heap of a few hundred
+        # thousand objects that live as long as the process: frozen out of the collector's
+        # full passes, which would otherwise stall the loop for tens of ms in a close burst.
+        gc.collect()
+        gc.freeze()
         try:
-            asyncio.run(self._run(engine))
-        finally:
-            writer.stop()
+            asyncio.run(self._run(engine, writer))
+        except RuntimeError as exc:
+            raise CommandError(f"{exc}: {exc.__cause__}") from exc
         stats, written = engine.stats, writer.stats
         self.stdout.write(
             f"stopped: {stats.frames} frames, {stats.closed} closes, {stats.backfilled} backfilled, "
@@ -78,12 +83,14 @@ class Command(BaseCommand):
             f"in {written.batches} batches"
         )
 
-    async def _run(self, engine: IngestEngine) -> None:
+    async def _run(self, engine: IngestEngine, writer: CandleWriter) -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await engine.run(stop)
+        # Leaving the writer's block writes everything the engine handed over before stopping.
+        async with writer.running(on_failure=stop):
+            await engine.run(stop)
 
     def _timeframes(self, profile: ExchangeProfile, text: str) -> list[Timeframe]:
         streamable = [tf for tf in Timeframe if tf in profile.streamed_timeframes]

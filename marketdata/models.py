@@ -95,6 +95,10 @@ class Candle(models.Model):
     trade_count = models.PositiveIntegerField()
     is_closed = models.BooleanField(default=True)
     is_imputed = models.BooleanField(default=False)
+    # How many of the exchange's candles behind this one were imputed: 1 for an imputed candle,
+    # for a derived one the count over its inputs (in base candles, so 1m→10m and 5m→10m agree),
+    # 0 for real data. A derived candle is imputed when any input was.
+    imputed_inputs = models.PositiveIntegerField(default=0, db_default=0)
     source = models.CharField(max_length=10, choices=Source.choices)
     ingested_at = models.DateTimeField()
 
@@ -119,7 +123,59 @@ class Candle(models.Model):
                 condition=models.Q(timeframe__in=[tf.value for tf in Timeframe]),
                 name="marketdata_candle_known_timeframe",
             ),
+            models.CheckConstraint(
+                condition=models.Q(is_imputed=True, imputed_inputs__gt=0)
+                | models.Q(is_imputed=False, imputed_inputs=0),
+                name="marketdata_candle_imputed_is_counted",
+            ),
         ]
 
     def __str__(self) -> str:
         return f"{self.symbol_id} {self.timeframe} {self.open_time:%Y-%m-%d %H:%M}"
+
+
+class Gap(models.Model):
+    """Closed candles missing from one stream: open times `start` … `end` inclusive.
+
+    Found by the gap scan over stored candles; closed by a backfill from the exchange's REST
+    history (`backfilled`), by imputation where the exchange has nothing (`imputed`; a gap can
+    be partly both, see the counts), or left `failed` with the reason and retried with backoff.
+    """
+
+    class Status(models.TextChoices):
+        OPEN = "open"
+        BACKFILLED = "backfilled"
+        IMPUTED = "imputed"
+        FAILED = "failed"
+
+    id = models.BigAutoField(primary_key=True)
+    symbol = models.ForeignKey(Symbol, on_delete=models.PROTECT, related_name="gaps")
+    timeframe = models.CharField(max_length=4, choices=TIMEFRAME_CHOICES)
+    start = models.DateTimeField(help_text="Open time of the first missing candle.")
+    end = models.DateTimeField(help_text="Open time of the last missing candle.")
+    detected_at = models.DateTimeField()
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.OPEN)
+    attempts = models.PositiveIntegerField(default=0)
+    reason = models.TextField(blank=True, help_text="Why the last attempt failed.")
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    resolved_at = models.DateTimeField(null=True, blank=True)
+    candles_backfilled = models.PositiveIntegerField(default=0)
+    candles_imputed = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["symbol", "timeframe", "start", "end"], name="marketdata_gap_unique_range"
+            ),
+            models.CheckConstraint(
+                condition=models.Q(end__gte=models.F("start")), name="marketdata_gap_ordered"
+            ),
+            models.CheckConstraint(
+                condition=models.Q(timeframe__in=[tf.value for tf in Timeframe]),
+                name="marketdata_gap_known_timeframe",
+            ),
+        ]
+        indexes = [models.Index(fields=["status", "next_attempt_at"], name="marketdata_gap_due")]
+
+    def __str__(self) -> str:
+        return f"{self.symbol_id} {self.timeframe} {self.start:%Y-%m-%d %H:%M}…{self.end:%H:%M} {self.status}"

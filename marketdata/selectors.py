@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
 
+from django.db import connection
 from django.db.models import Max
 
 from marketdata.core.timeframes import Timeframe
@@ -33,3 +35,64 @@ def candle_resume_points(
         (names[row["symbol_id"]], Timeframe(row["timeframe"])): int(row["newest"].timestamp() * 1000)
         for row in rows
     }
+
+
+_GAPS_SQL = """
+WITH edges AS (
+    SELECT t, lag(t) OVER (ORDER BY t) AS prev FROM (
+        SELECT (extract(epoch FROM open_time) * 1000)::bigint AS t FROM marketdata_candle
+        WHERE symbol_id = %(symbol_id)s AND timeframe = %(timeframe)s
+            AND open_time >= %(since)s AND open_time <= %(until)s
+        UNION ALL SELECT %(before)s
+        UNION ALL SELECT %(after)s
+    ) AS stored
+)
+SELECT prev + %(step)s, t - %(step)s FROM edges WHERE t - prev > %(step)s ORDER BY prev
+"""
+
+
+def candle_gaps(
+    *, symbol_id: int, timeframe: Timeframe, since_ms: int, until_ms: int
+) -> list[tuple[int, int]]:
+    """Missing closed candles of one stream between two open times (both included, both on
+    `timeframe` boundaries): ranges of open times (first, last), inclusive, in time order.
+
+    On PostgreSQL one statement over the candle table (each stored open time against the one
+    before it, with sentinels just outside the range); elsewhere the same walk in Python.
+    """
+    step = timeframe.ms
+    if not (timeframe.is_aligned(since_ms) and timeframe.is_aligned(until_ms)):
+        raise ValueError(f"gap scan bounds {since_ms}…{until_ms} are not on {timeframe} boundaries")
+    if until_ms < since_ms:
+        return []
+    since, until = _utc(since_ms), _utc(until_ms)
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(
+                _GAPS_SQL,
+                {
+                    "symbol_id": symbol_id,
+                    "timeframe": timeframe.value,
+                    "since": since,
+                    "until": until,
+                    "before": since_ms - step,
+                    "after": until_ms + step,
+                    "step": step,
+                },
+            )
+            return [(int(first), int(last)) for first, last in cursor.fetchall()]
+    stored = Candle.objects.filter(
+        symbol_id=symbol_id, timeframe=timeframe.value, open_time__gte=since, open_time__lte=until
+    ).values_list("open_time", flat=True)
+    times = sorted(int(moment.timestamp() * 1000) for moment in stored)
+    gaps = []
+    previous = since_ms - step
+    for current in [*times, until_ms + step]:
+        if current - previous > step:
+            gaps.append((previous + step, current - step))
+        previous = current
+    return gaps
+
+
+def _utc(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC)

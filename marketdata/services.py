@@ -29,19 +29,23 @@ _CANDLE_COLUMNS = (
     "trade_count",
     "is_closed",
     "is_imputed",
+    "imputed_inputs",
     "source",
     "ingested_at",
 )
 
-# A closed candle is final: a duplicate or late frame changes nothing. The one exception is
-# an imputed candle, which real data for the same bucket replaces.
+# A closed candle is final: a duplicate or late frame changes nothing. Two exceptions: an
+# imputed candle gives way to real data for the same bucket, and a derived candle gives way to
+# its recomputation from fewer imputed inputs (after a backfill found real data).
 _ON_CONFLICT = """
 ON CONFLICT (symbol_id, timeframe, open_time) DO UPDATE SET
     open = EXCLUDED.open, high = EXCLUDED.high, low = EXCLUDED.low, close = EXCLUDED.close,
     volume = EXCLUDED.volume, quote_volume = EXCLUDED.quote_volume,
     trade_count = EXCLUDED.trade_count, is_imputed = EXCLUDED.is_imputed,
-    source = EXCLUDED.source, ingested_at = EXCLUDED.ingested_at
-WHERE marketdata_candle.is_imputed AND NOT EXCLUDED.is_imputed
+    imputed_inputs = EXCLUDED.imputed_inputs, source = EXCLUDED.source, ingested_at = EXCLUDED.ingested_at
+WHERE (marketdata_candle.is_imputed AND NOT EXCLUDED.is_imputed)
+    OR (marketdata_candle.source = 'resampled' AND EXCLUDED.source = 'resampled'
+        AND EXCLUDED.imputed_inputs < marketdata_candle.imputed_inputs)
 """
 
 _COLUMN_LIST = ", ".join(_CANDLE_COLUMNS)
@@ -61,11 +65,11 @@ _INSERT_FROM_ARRAYS = (
     f"INSERT INTO marketdata_candle ({_COLUMN_LIST}) "  # noqa: S608 - module constants only
     "SELECT symbol_id, timeframe, 'epoch'::timestamptz + open_ms * interval '1 millisecond', "
     "open::numeric, high::numeric, low::numeric, close::numeric, volume::numeric, quote_volume::numeric, "
-    "trades, true, imputed, source, %(ingested_at)s FROM unnest("
+    "trades, true, imputed_inputs > 0, imputed_inputs, source, %(ingested_at)s FROM unnest("
     "%(symbol_id)b::int8[], %(timeframe)b::text[], %(open_ms)b::int8[], %(open)b::text[], %(high)b::text[], "
     "%(low)b::text[], %(close)b::text[], %(volume)b::text[], %(quote_volume)b::text[], %(trades)b::int8[], "
-    "%(imputed)b::bool[], %(source)b::text[]) AS batch(symbol_id, timeframe, open_ms, open, high, low, "
-    f"close, volume, quote_volume, trades, imputed, source) {_ON_CONFLICT}"
+    "%(imputed_inputs)b::int8[], %(source)b::text[]) AS batch(symbol_id, timeframe, open_ms, open, high, "
+    f"low, close, volume, quote_volume, trades, imputed_inputs, source) {_ON_CONFLICT}"
 )
 _INSERT_ONE = (
     f"INSERT INTO marketdata_candle ({_COLUMN_LIST}) "  # noqa: S608 - module constants only
@@ -75,10 +79,20 @@ _INSERT_ONE = (
 
 @dataclass(frozen=True)
 class CandleWrite:
+    """A closed candle to persist. `imputed_inputs` counts the imputed candles behind it (see
+    `Candle.imputed_inputs`); left at None it is 1 for an imputed candle and 0 otherwise."""
+
     symbol_id: int
     kline: Kline
     source: str
     imputed: bool = False
+    imputed_inputs: int | None = None
+
+    @property
+    def imputed_count(self) -> int:
+        if self.imputed_inputs is not None:
+            return self.imputed_inputs
+        return 1 if self.imputed else 0
 
 
 def candles_upsert_closed(*, writes: Sequence[CandleWrite]) -> int:
@@ -135,12 +149,13 @@ def _closed_one_per_bucket(writes: Sequence[CandleWrite]) -> list[CandleWrite]:
 
 
 def _one_per_bucket(writes: Sequence[CandleWrite]) -> list[CandleWrite]:
-    """One write per (symbol, timeframe, open time): the first real one, else the first."""
+    """One write per (symbol, timeframe, open time): the first of those with the fewest imputed
+    inputs (a real candle before an imputed one)."""
     chosen: dict[tuple[int, str, int], CandleWrite] = {}
     for write in writes:
         key = (write.symbol_id, write.kline.timeframe.value, write.kline.open_time_ms)
         current = chosen.get(key)
-        if current is None or (current.imputed and not write.imputed):
+        if current is None or write.imputed_count < current.imputed_count:
             chosen[key] = write
     return list(chosen.values())
 
@@ -159,7 +174,8 @@ def _row(write: CandleWrite, now: datetime) -> tuple[Any, ...]:
         kline.quote_volume,
         kline.trades,
         True,
-        write.imputed,
+        write.imputed_count > 0,
+        write.imputed_count,
         write.source,
         now,
     )
@@ -178,7 +194,8 @@ def _copy_text(writes: Sequence[CandleWrite], now: datetime) -> bytes:
         opened = datetime.fromtimestamp(k.open_time_ms / 1000, tz=UTC).isoformat()
         lines.append(
             f"{write.symbol_id}\t{k.timeframe.value}\t{opened}\t{k.open:f}\t{k.high:f}\t{k.low:f}\t"
-            f"{k.close:f}\t{k.volume:f}\t{k.quote_volume:f}\t{k.trades}\tt\t{'t' if write.imputed else 'f'}\t"
+            f"{k.close:f}\t{k.volume:f}\t{k.quote_volume:f}\t{k.trades}\tt\t"
+            f"{'t' if write.imputed_count else 'f'}\t{write.imputed_count}\t"
             f"{write.source}\t{ingested}\n"
         )
     return "".join(lines).encode()
@@ -201,7 +218,7 @@ def _array_params(writes: Sequence[CandleWrite], now: datetime) -> dict[str, Any
         name: []
         for name in (
             "symbol_id", "timeframe", "open_ms", "open", "high", "low", "close", "volume", "quote_volume",
-            "trades", "imputed", "source",
+            "trades", "imputed_inputs", "source",
         )
     }  # fmt: skip
     columns = list(params.values())
@@ -220,7 +237,7 @@ def _array_params(writes: Sequence[CandleWrite], now: datetime) -> dict[str, Any
             str(k.volume),
             str(k.quote_volume),
             k.trades,
-            write.imputed,
+            write.imputed_count,
             write.source,
         )
         for column, value in zip(columns, values, strict=True):
@@ -244,13 +261,18 @@ def _upsert_postgresql_arrays(writes: Sequence[CandleWrite], now: datetime) -> i
 
 
 def _upsert_generic(writes: Sequence[CandleWrite], now: datetime) -> int:
-    field = Candle._meta.get_field("open")
+    # Values adapted by the model's fields, as the ORM would: SQLite compares times as text, so
+    # they must be stored in exactly the form the ORM's lookups use.
+    decimal_field = Candle._meta.get_field("open")
+    time_field = Candle._meta.get_field("open_time")
     written = 0
     with transaction.atomic(), connection.cursor() as cursor:
         for write in writes:
             row = list(_row(write, now))
+            row[2] = time_field.get_db_prep_value(row[2], connection)
+            row[-1] = time_field.get_db_prep_value(row[-1], connection)
             for index in range(3, 9):
-                row[index] = field.get_db_prep_value(row[index], connection)
+                row[index] = decimal_field.get_db_prep_value(row[index], connection)
             cursor.execute(_INSERT_ONE, row)
             written += cursor.rowcount
     return written

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from marketdata.core.resample import DEFAULT_DERIVATIONS, Derivation, validate_derivations
 from marketdata.exchanges import PROFILES
 
 EnvName = Literal["dev", "test", "prod"]
@@ -49,6 +50,7 @@ KNOWN_VARIABLES: tuple[str, ...] = (
     "OASIS_LOG_FORMAT",
     "OASIS_LOG_LEVEL",
     "OASIS_EXCHANGE",
+    "OASIS_DERIVATIONS",
     *(f"OASIS_{name.upper()}_{kind}_URL" for name in EXCHANGE_NAMES for kind in ("REST", "WS")),
 )
 
@@ -81,6 +83,8 @@ class Environment:
     exchange: str = "sim"
     # {"binance": {"rest": "...", "ws": "..."}}: only the URLs set in the environment.
     exchange_urls: dict[str, dict[str, str]] = field(default_factory=dict)
+    # Which timeframes are derived from which: ((source, target), ...).
+    derivations: tuple[Derivation, ...] = DEFAULT_DERIVATIONS
     var_dir: Path = field(repr=False, default=Path("var"))
 
     @property
@@ -195,6 +199,19 @@ def read_environment(environ: Mapping[str, str], *, base_dir: Path) -> Environme
                 _check_url(variable, url, schemes, f"{schemes[1]}://host:port")
                 exchange_urls.setdefault(exchange_name, {})[kind] = url.rstrip("/")
 
+    derivations = DEFAULT_DERIVATIONS
+    derivations_text = get("OASIS_DERIVATIONS")
+    if derivations_text is not None:
+        pairs = [
+            entry.split(">") for entry in (part.strip() for part in derivations_text.split(",")) if entry
+        ]
+        try:
+            derivations = validate_derivations([[side.strip() for side in pair] for pair in pairs])
+        except ValueError as exc:
+            raise ConfigurationError(
+                f"OASIS_DERIVATIONS must be source>target pairs separated by commas (e.g. 1m>3m,1h>4h): {exc}"
+            ) from None
+
     return Environment(
         name=env_name,
         debug=debug,
@@ -214,6 +231,7 @@ def read_environment(environ: Mapping[str, str], *, base_dir: Path) -> Environme
         log_level=log_level,
         exchange=exchange,
         exchange_urls=exchange_urls,
+        derivations=derivations,
         var_dir=var_dir,
     )
 

@@ -36,6 +36,8 @@ MONGO_URL = ENV.mongo_url
 # (marketdata/exchanges.py holds the defaults).
 OASIS_EXCHANGE = ENV.exchange
 OASIS_EXCHANGE_URLS = ENV.exchange_urls
+# Which timeframes are resampled from which (marketdata.resampling); OASIS_DERIVATIONS.
+OASIS_DERIVATIONS = ENV.derivations
 REDIS_URL = ENV.redis_url
 
 SECRET_KEY = ENV.secret_key
@@ -133,7 +135,14 @@ CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TIMEZONE = "UTC"
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
-CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {}
+# Market-data tasks of one stream go to one of these shard queues (marketdata.tasks.route_by_stream);
+# a worker consumes them all: -Q default,marketdata.0,…,marketdata.<N-1>.
+OASIS_MARKETDATA_SHARDS = 4
+CELERY_TASK_ROUTES = ("marketdata.tasks.route_by_stream",)
+CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
+    # Missing candles of every ingested stream: recorded as gaps, then backfilled or imputed.
+    "marketdata-gaps-scan": {"task": "marketdata.gaps_scan", "schedule": 60.0},
+}
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},

@@ -37,3 +37,18 @@ WRITE_BATCH_SIZE = Histogram(
     "Candles per database write.",
     buckets=(1, 10, 50, 100, 250, 500, 1000, 2000, 5000),
 )
+GAPS_OPEN = Gauge("oasis_marketdata_gaps_open", "Gaps of missing candles not yet backfilled or imputed.")
+BACKFILL_PAGES_REJECTED = Counter(
+    "oasis_backfill_pages_rejected_total",
+    "Pages of REST klines a backfill refused whole (malformed, out of order, misaligned or outside "
+    "the range asked for): nothing from them is written.",
+    ["kind"],
+)
+BACKFILL_CANDLES = Counter(
+    "oasis_backfill_candles_total", "Candles written by backfills: fetched or imputed.", ["kind"]
+)
+BACKFILL_WAITS = Counter(
+    "oasis_backfill_waits_total",
+    "Pauses of a backfill: request-weight budget spent, or the exchange's Retry-After (429/418).",
+    ["reason"],
+)

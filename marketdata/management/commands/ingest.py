@@ -10,6 +10,7 @@ from prometheus_client import start_http_server
 
 from marketdata.core.timeframes import Timeframe
 from marketdata.exchanges import PROFILES, ExchangeProfile, exchange_profile
+from marketdata.ingest.derived import DerivedRefresher
 from marketdata.ingest.engine import IngestEngine
 from marketdata.ingest.writer import CandleWriter
 from marketdata.selectors import candle_resume_points, symbol_ids_by_name
@@ -58,7 +59,8 @@ class Command(BaseCommand):
             f"{profile.name} ({profile.ws_url}); {len(resume)} streams resume from stored candles"
         )
         self.stdout.flush()
-        writer = CandleWriter()
+        refresher = DerivedRefresher()
+        writer = CandleWriter(on_committed=refresher.after_commit)
         engine = IngestEngine(
             profile=profile,
             symbol_ids=symbol_ids,
@@ -76,6 +78,8 @@ class Command(BaseCommand):
             asyncio.run(self._run(engine, writer))
         except RuntimeError as exc:
             raise CommandError(f"{exc}: {exc.__cause__}") from exc
+        finally:
+            refresher.close()
         stats, written = engine.stats, writer.stats
         self.stdout.write(
             f"stopped: {stats.frames} frames, {stats.closed} closes, {stats.backfilled} backfilled, "

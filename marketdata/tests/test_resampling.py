@@ -1,0 +1,183 @@
+"""Derived candles kept in step with stored ones: complete buckets only, recomputed when a
+backfill replaces imputed inputs, the same whichever way they are derived; the gap scan; tasks."""
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+from django.utils import timezone
+
+from marketdata.core.timeframes import Timeframe
+from marketdata.gaps import gaps_due, gaps_scan
+from marketdata.models import Candle, Gap
+from marketdata.resampling import derived_candles_refresh, refresh_requests
+from marketdata.services import CandleWrite, candles_upsert_closed
+from marketdata.tasks import gaps_scan_task, resample_refresh, route_by_stream, stream_queue
+from marketdata.tests.factories import SymbolFactory, kline
+
+pytestmark = pytest.mark.django_db
+T0 = 1_677_628_800_000  # 2023-03-01 00:00 UTC
+M = 60_000
+
+
+def minute(
+    symbol_id: int, n: int, *, close: str = "100.0", imputed: bool = False, source: str = "rest"
+) -> CandleWrite:
+    price = Decimal(close)
+    return CandleWrite(
+        symbol_id,
+        kline(
+            open_time_ms=T0 + n * M,
+            o=str(price),
+            h=str(price + 2),
+            low=str(price - 1),
+            c=str(price),
+            v="0" if imputed else f"{n + 1}.5",
+            q="0" if imputed else "10.25",
+            n=0 if imputed else n + 1,
+        ),
+        "imputed" if imputed else source,
+        imputed=imputed,
+    )
+
+
+def derived(symbol_id: int, timeframe: Timeframe) -> list[Candle]:
+    return list(Candle.objects.filter(symbol_id=symbol_id, timeframe=timeframe.value).order_by("open_time"))
+
+
+@pytest.fixture(autouse=True)
+def desk_map(settings):
+    settings.OASIS_DERIVATIONS = (
+        (Timeframe.M1, Timeframe.M3),
+        (Timeframe.M1, Timeframe.M5),
+        (Timeframe.M1, Timeframe.M10),
+        (Timeframe.M5, Timeframe.M10),
+        (Timeframe.M1, Timeframe.H1),
+        (Timeframe.H1, Timeframe.H4),
+    )
+
+
+def test_complete_buckets_only_with_exact_sums():
+    symbol = SymbolFactory.create()
+    candles_upsert_closed(writes=[minute(symbol.pk, n, close=f"{100 + n}.0") for n in range(7)])
+    derived_candles_refresh(symbol_id=symbol.pk, timeframe=Timeframe.M1, first_ms=T0, last_ms=T0 + 6 * M)
+    three = derived(symbol.pk, Timeframe.M3)
+    assert [int(c.open_time.timestamp() * 1000) for c in three] == [T0, T0 + 3 * M]  # 6…8 incomplete
+    first = three[0]
+    assert (str(first.open), str(first.high), str(first.low), str(first.close)) == (
+        "100.0",
+        "104.0",
+        "99.0",
+        "102.0",
+    )
+    assert str(first.volume) == "7.5"  # 1.5 + 2.5 + 3.5
+    assert (first.source, first.is_imputed, first.imputed_inputs, first.trade_count) == (
+        "resampled",
+        False,
+        0,
+        6,
+    )
+    assert derived(symbol.pk, Timeframe.M10) == []  # never from partial data
+
+
+def test_imputed_inputs_are_counted_and_a_backfill_replaces_them():
+    symbol = SymbolFactory.create()
+    writes = [minute(symbol.pk, n) for n in range(10)]
+    writes[4] = minute(symbol.pk, 4, imputed=True)
+    candles_upsert_closed(writes=writes)
+    derived_candles_refresh(symbol_id=symbol.pk, timeframe=Timeframe.M1, first_ms=T0, last_ms=T0 + 9 * M)
+    ten = derived(symbol.pk, Timeframe.M10)[0]
+    assert (ten.is_imputed, ten.imputed_inputs) == (True, 1)
+    assert [(c.is_imputed, c.imputed_inputs) for c in derived(symbol.pk, Timeframe.M3)] == [
+        (False, 0),
+        (True, 1),
+        (False, 0),
+    ]
+
+    candles_upsert_closed(writes=[minute(symbol.pk, 4)])  # the real candle arrives (backfill)
+    derived_candles_refresh(
+        symbol_id=symbol.pk, timeframe=Timeframe.M1, first_ms=T0 + 4 * M, last_ms=T0 + 4 * M
+    )
+    ten = derived(symbol.pk, Timeframe.M10)[0]
+    assert (ten.is_imputed, ten.imputed_inputs, str(ten.volume)) == (False, 0, "60.0")
+    assert all(not c.is_imputed for c in derived(symbol.pk, Timeframe.M3))
+
+
+def test_ten_minutes_from_one_minute_equal_ten_from_five_and_refreshes_repeat():
+    symbol = SymbolFactory.create()
+    candles_upsert_closed(writes=[minute(symbol.pk, n, close=f"{100 + n % 7}.5") for n in range(20)])
+    derived_candles_refresh(symbol_id=symbol.pk, timeframe=Timeframe.M1, first_ms=T0, last_ms=T0 + 19 * M)
+    first = [
+        (c.open_time, c.open, c.high, c.low, c.close, c.volume, c.trade_count)
+        for c in derived(symbol.pk, Timeframe.M10)
+    ]
+    Candle.objects.filter(timeframe="10m").delete()
+    # Only through 5m this time: the 5m candles are stored, derive 10m from them.
+    derived_candles_refresh(symbol_id=symbol.pk, timeframe=Timeframe.M5, first_ms=T0, last_ms=T0 + 15 * M)
+    second = [
+        (c.open_time, c.open, c.high, c.low, c.close, c.volume, c.trade_count)
+        for c in derived(symbol.pk, Timeframe.M10)
+    ]
+    assert first == second
+    assert len(first) == 2
+    assert (
+        derived_candles_refresh(symbol_id=symbol.pk, timeframe=Timeframe.M1, first_ms=T0, last_ms=T0 + 19 * M)
+        == 0
+    )
+
+
+def test_four_hours_cascade_from_minutes():
+    symbol = SymbolFactory.create()
+    candles_upsert_closed(writes=[minute(symbol.pk, n) for n in range(240)])
+    derived_candles_refresh(symbol_id=symbol.pk, timeframe=Timeframe.M1, first_ms=T0, last_ms=T0 + 239 * M)
+    assert len(derived(symbol.pk, Timeframe.H1)) == 4
+    (four,) = derived(symbol.pk, Timeframe.H4)
+    assert four.trade_count == sum(n + 1 for n in range(240))
+
+
+def test_which_closes_ask_for_a_refresh():
+    writes = [minute(1, n, source="ws") for n in (0, 1, 2, 3, 4)] + [minute(2, 7, source="rest")]
+    requests = {(r.symbol_id, r.timeframe, r.first_ms, r.last_ms) for r in refresh_requests(writes)}
+    # Live: minute 2 closes a 3m bucket, minute 4 a 5m one; 0, 1 and 3 close nothing. REST: always.
+    assert requests == {(1, Timeframe.M1, T0 + 2 * M, T0 + 4 * M), (2, Timeframe.M1, T0 + 7 * M, T0 + 7 * M)}
+    assert refresh_requests([minute(1, 0, source="ws")]) == []
+
+
+def test_the_resample_task_and_its_route():
+    symbol = SymbolFactory.create()
+    candles_upsert_closed(writes=[minute(symbol.pk, n) for n in range(3)])
+    assert resample_refresh.delay(symbol.pk, "1m", T0, T0 + 2 * M).get() == 1
+    assert route_by_stream("marketdata.resample_refresh", (symbol.pk, "1m", T0, T0), {}, {}) == {
+        "queue": stream_queue(symbol.pk, "1m")
+    }
+    assert route_by_stream("audit.something", (), {}, {}) is None
+
+
+def test_the_gap_scan_records_each_missing_range_once():
+    symbol = SymbolFactory.create()
+    now = datetime.fromtimestamp((T0 + 30 * M) / 1000, tz=UTC)
+    candles_upsert_closed(
+        writes=[minute(symbol.pk, n, source="ws") for n in range(30) if n not in (5, 6, 20)]
+    )
+    result = gaps_scan(now=now, grace=timedelta(0))
+    assert (result.found, result.recorded) == (2, 2)  # 5-6 and 20
+    ranges = sorted((g.start, g.end) for g in Gap.objects.all())
+    assert ranges[0] == (
+        datetime.fromtimestamp((T0 + 5 * M) / 1000, tz=UTC),
+        datetime.fromtimestamp((T0 + 6 * M) / 1000, tz=UTC),
+    )
+    assert gaps_scan(now=now, grace=timedelta(0)).recorded == 0  # known already
+    assert sorted(gaps_due(now=now)) == sorted(Gap.objects.values_list("id", flat=True))
+    # Derived timeframes are not scanned: they are recomputed, not backfilled.
+    derived_candles_refresh(symbol_id=symbol.pk, timeframe=Timeframe.M1, first_ms=T0, last_ms=T0 + 29 * M)
+    assert gaps_scan(now=now, grace=timedelta(0)).streams == 1
+
+
+def test_the_scan_task_with_nothing_missing():
+    symbol = SymbolFactory.create()
+    newest = Timeframe.M1.bucket_start(int(timezone.now().timestamp() * 1000) - 30_000) - M
+    candles_upsert_closed(
+        # From one minute past the newest due: the clock may turn a minute during the test.
+        writes=[CandleWrite(symbol.pk, kline(open_time_ms=newest - n * M), "ws") for n in range(-1, 3)]
+    )
+    assert gaps_scan_task.delay().get() == {"streams": 1, "found": 0, "recorded": 0, "started": 0}

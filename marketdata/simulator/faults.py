@@ -72,6 +72,20 @@ class StreamSilence:
         )
 
 
+@dataclass(frozen=True)
+class MissingKlines:
+    """The exchange has no `interval` candles of `symbol` opening in [start, end] (ms): REST
+    klines leave them out, as Binance leaves out buckets it holds no candle for."""
+
+    symbol: str
+    interval: str
+    start: int
+    end: int
+
+    def covers(self, symbol: str, interval: str, open_ms: int) -> bool:
+        return symbol == self.symbol and interval == self.interval and self.start <= open_ms <= self.end
+
+
 @dataclass
 class FaultState:
     seed: int
@@ -83,6 +97,7 @@ class FaultState:
     duplicate_rate: float = 0.0
     out_of_order_rate: float = 0.0
     malformed_rate: float = 0.0
+    missing_klines: list[MissingKlines] = field(default_factory=list)
     # Bumped by every change: the streams prepare finals ahead and rebuild those prepared
     # under an older generation.
     generation: int = 0
@@ -94,6 +109,7 @@ class FaultState:
         self.ws_drop_every_s = None
         self.silences = []
         self.duplicate_rate = self.out_of_order_rate = self.malformed_rate = 0.0
+        self.missing_klines = []
 
     def apply(
         self, payload: Mapping[str, Any], *, now_ms: int, monotonic_now: float, symbols: Container[str]
@@ -107,6 +123,7 @@ class FaultState:
         if not _flag(payload, "clear"):
             staged.__dict__.update(self.__dict__)
             staged.silences = list(self.silences)
+            staged.missing_klines = list(self.missing_klines)
         if "rest_error" in payload:
             staged.rest_error = _rest_error(payload["rest_error"], monotonic_now)
         if "rest_latency_ms" in payload:
@@ -118,11 +135,17 @@ class FaultState:
             staged.ws_drop_every_s = None if value is None else _positive_number(value, "ws_drop_every_s")
         if "ws_silence" in payload:
             staged.silences.extend(_silences(payload["ws_silence"], now_ms, symbols))
+        if "missing_klines" in payload:
+            staged.missing_klines = _missing_klines(payload["missing_klines"], symbols)
         for key, attribute in _RATES.items():
             if key in payload:
                 setattr(staged, attribute, _rate(payload[key], key))
         staged.generation = self.generation + 1
         self.__dict__.update(staged.__dict__)
+
+    def missing_windows(self, symbol: str, interval: str) -> list[MissingKlines]:
+        """The `missing_klines` windows of one symbol and interval."""
+        return [w for w in self.missing_klines if w.symbol == symbol and w.interval == interval]
 
     def is_silenced(self, stream: str, open_ms: int) -> bool:
         return any(silence.covers(stream, open_ms) for silence in self.silences)
@@ -168,6 +191,10 @@ class FaultState:
             "ws_duplicate_rate": self.duplicate_rate,
             "ws_out_of_order_rate": self.out_of_order_rate,
             "ws_malformed_rate": self.malformed_rate,
+            "missing_klines": [
+                {"symbol": w.symbol, "interval": w.interval, "start": w.start, "end": w.end}
+                for w in self.missing_klines
+            ],
         }
 
 
@@ -176,7 +203,10 @@ _RATES = {
     "ws_out_of_order_rate": "out_of_order_rate",
     "ws_malformed_rate": "malformed_rate",
 }
-_KEYS = {"clear", "rest_error", "rest_latency_ms", "ws_latency_ms", "ws_drop_every_s", "ws_silence", *_RATES}
+_KEYS = {
+    "clear", "rest_error", "rest_latency_ms", "ws_latency_ms", "ws_drop_every_s", "ws_silence",
+    "missing_klines", *_RATES,
+}  # fmt: skip
 
 
 def _flag(payload: Mapping[str, Any], key: str) -> bool:
@@ -258,3 +288,31 @@ def _silences(specs: Any, now_ms: int, symbols: Container[str]) -> list[StreamSi
             StreamSilence(f"{symbol.lower()}@kline_{interval}", length, floor_to(now_ms, length), candles)
         )
     return silences
+
+
+def _missing_klines(specs: Any, symbols: Container[str]) -> list[MissingKlines]:
+    """The whole list of windows (it replaces the one in force; [] removes them all)."""
+    if isinstance(specs, Mapping):
+        specs = [specs]
+    if not isinstance(specs, list):
+        raise FaultError(f"missing_klines must be an object or a list of objects, got {specs!r}")
+    windows = []
+    for spec in specs:
+        if not isinstance(spec, Mapping) or set(spec) != {"symbol", "interval", "start", "end"}:
+            raise FaultError(
+                f"missing_klines entries need exactly symbol, interval, start and end (ms), got {spec!r}"
+            )
+        symbol, interval, start, end = spec["symbol"], spec["interval"], spec["start"], spec["end"]
+        if not isinstance(symbol, str) or symbol not in symbols:
+            raise FaultError(f"missing_klines symbol {symbol!r} is not a simulated symbol")
+        if not isinstance(interval, str) or interval not in KLINE_INTERVALS:
+            raise FaultError(
+                f"missing_klines interval {interval!r} unknown; valid: {', '.join(KLINE_INTERVALS)}"
+            )
+        for name, value in (("start", start), ("end", end)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise FaultError(f"missing_klines {name} must be an integer >= 0 (ms), got {value!r}")
+        if end < start:
+            raise FaultError(f"missing_klines end {end} is before start {start}")
+        windows.append(MissingKlines(symbol, interval, start, end))
+    return windows

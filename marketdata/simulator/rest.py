@@ -16,6 +16,7 @@ from urllib.parse import parse_qsl
 import orjson
 from aiohttp import web
 
+from marketdata.simulator.candles import Candle
 from marketdata.simulator.clock import SimClock
 from marketdata.simulator.config import SimConfig
 from marketdata.simulator.errors import (
@@ -27,7 +28,7 @@ from marketdata.simulator.errors import (
     invalid_symbol,
     mandatory,
 )
-from marketdata.simulator.faults import FaultState
+from marketdata.simulator.faults import FaultState, MissingKlines
 from marketdata.simulator.intervals import KLINE_INTERVALS
 from marketdata.simulator.market import Market
 from marketdata.simulator.orders import Account
@@ -231,14 +232,17 @@ class RestApi:
         return json_response(body)
 
     async def klines(self, request: web.Request) -> web.Response:
-        spec, _interval, length, start, end = kline_query(self.market, request.query)
+        spec, interval, length, start, end = kline_query(self.market, request.query)
         limit = integer_param(request.query, "limit")
         limit = 500 if limit is None else limit
         if not 1 <= limit <= 1000:
             raise invalid_limit()
-        candles = self.market.klines(
-            spec, length, self.clock.now_ms(), start_ms=start, end_ms=end, limit=limit
-        )
+        now = self.clock.now_ms()
+        missing = self.faults.missing_windows(spec.name, interval)
+        if not missing:
+            candles = self.market.klines(spec, length, now, start_ms=start, end_ms=end, limit=limit)
+        else:
+            candles = _klines_without(self.market, missing, spec, length, now, start, end, limit)
         return json_response([candle.rest_row() for candle in candles])
 
     # Signed endpoints ---------------------------------------------------------------------
@@ -282,6 +286,43 @@ class RestApi:
         if timestamp > now + 1000 or now - timestamp > recv_window:
             raise BinanceError(-1021, "Timestamp for this request is outside of the recvWindow.")
         return params
+
+
+def _klines_without(
+    market: Market,
+    missing: list[MissingKlines],
+    spec: SymbolSpec,
+    length: int,
+    now: int,
+    start: int | None,
+    end: int | None,
+    limit: int,
+) -> list[Candle]:
+    """`Market.klines` with the candles of the `missing_klines` windows left out, still `limit`
+    of them when there are: like Binance, the rows that exist from startTime (or, without it,
+    the latest ones up to endTime)."""
+
+    def kept(candles: list[Candle]) -> list[Candle]:
+        return [c for c in candles if not any(w.start <= c.open_time <= w.end for w in missing)]
+
+    served: list[Candle] = []
+    if start is not None:
+        cursor = start
+        while len(served) < limit:
+            raw = market.klines(spec, length, now, start_ms=cursor, end_ms=end, limit=limit)
+            served.extend(kept(raw))
+            if len(raw) < limit:
+                break
+            cursor = raw[-1].open_time + length
+        return served[:limit]
+    upper = end
+    while len(served) < limit:
+        raw = market.klines(spec, length, now, start_ms=None, end_ms=upper, limit=limit)
+        served[:0] = kept(raw)
+        if len(raw) < limit or raw[0].open_time <= market.history_start_ms:
+            break
+        upper = raw[0].open_time - 1
+    return served[-limit:]
 
 
 def _without_signature(encoded: str) -> str:

@@ -62,6 +62,22 @@ def assert_exactly_the_simulators_candles(sim, until: dict[str, int]) -> None:
         assert len(truth) >= 6, (names[symbol_id], tf, len(truth))  # lookback 5, then live
         assert stored == truth, f"{names[symbol_id]} {tf} differs from the simulator"
     assert Candle.objects.filter(is_imputed=True).count() == 0
+    assert_derived_candles_match_the_simulators(sim)
+
+
+def assert_derived_candles_match_the_simulators(sim) -> None:
+    """5m is not ingested here: it is resampled from the 1m candles as they close. The
+    simulator builds its own 5m candles, so each derived one must equal it, digits included."""
+    names = dict(Symbol.objects.filter(exchange="sim").values_list("pk", "symbol"))
+    for symbol_id, name in names.items():
+        derived = Candle.objects.filter(symbol_id=symbol_id, timeframe="5m").order_by("open_time")
+        assert derived.exists(), f"{name}: no 5m candle was derived"
+        assert set(derived.values_list("source", flat=True)) == {"resampled"}
+        first_ms = int(derived.first().open_time.timestamp() * 1000)  # type: ignore[union-attr]
+        last_ms = int(derived.last().open_time.timestamp() * 1000)  # type: ignore[union-attr]
+        assert stored_rows(symbol_id, "5m", first_ms, last_ms) == truth_rows(
+            sim, name, "5m", first_ms, last_ms
+        )
 
 
 def test_ingest_through_faults_stores_exactly_the_simulators_candles(sim, tmp_path):

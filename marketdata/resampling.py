@@ -70,9 +70,18 @@ def refresh_requests(
     return [RefreshRequest(symbol_id, tf, first, last) for (symbol_id, tf), (first, last) in spans.items()]
 
 
-def derived_candles_refresh(*, symbol_id: int, timeframe: Timeframe, first_ms: int, last_ms: int) -> int:
+def derived_candles_refresh(
+    *,
+    symbol_id: int,
+    timeframe: Timeframe,
+    first_ms: int,
+    last_ms: int,
+    collect: list[CandleWrite] | None = None,
+) -> int:
     """Recompute and upsert every derived bucket that covers source candles first_ms … last_ms of
-    (symbol, timeframe), and whatever is derived from those in turn. Returns rows written."""
+    (symbol, timeframe), and whatever is derived from those in turn. Returns rows written (a
+    bucket already stored as computed is not written again); `collect`, when given, receives
+    every derived candle computed, written or not (a consumer of closes may need them)."""
     written = 0
     pending = [(timeframe, first_ms, last_ms)]
     mapping = derivations()
@@ -85,6 +94,8 @@ def derived_candles_refresh(*, symbol_id: int, timeframe: Timeframe, first_ms: i
             if not derived:
                 continue
             written += candles_upsert_closed(writes=derived)
+            if collect is not None:
+                collect.extend(derived)
             pending.append((target, derived[0].kline.open_time_ms, derived[-1].kline.open_time_ms))
     return written
 

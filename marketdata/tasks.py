@@ -8,16 +8,21 @@ timeframe first, and `route_by_stream` sends all of one stream's work to the sam
 
 from __future__ import annotations
 
+import time
 import zlib
+from datetime import datetime
 from typing import Any
 
 from celery import shared_task
 from django.conf import settings
 
 from marketdata.core.timeframes import Timeframe
+from marketdata.events import candles_closed
 from marketdata.gaps import gaps_due, gaps_scan
-from marketdata.models import Gap
+from marketdata.ingest.derived import closed_candle_event
+from marketdata.models import Gap, Symbol
 from marketdata.resampling import derived_candles_refresh
+from marketdata.services import CandleWrite
 
 _STREAM_TASKS = ("marketdata.resample_refresh",)  # gap backfills are given their queue when sent
 
@@ -39,18 +44,31 @@ def route_by_stream(name: str, args: Any, kwargs: Any, options: Any, task: Any =
 
 @shared_task(name="marketdata.resample_refresh", acks_late=True, expires=3600)
 def resample_refresh(symbol_id: int, timeframe: str, first_ms: int, last_ms: int) -> int:
-    """Recompute the derived candles over source candles first_ms … last_ms of one stream."""
-    return derived_candles_refresh(
-        symbol_id=symbol_id, timeframe=Timeframe.parse(timeframe), first_ms=first_ms, last_ms=last_ms
+    """Recompute the derived candles over source candles first_ms … last_ms of one stream, and
+    announce them as closed (`marketdata.events`). Returns rows written."""
+    derived: list[CandleWrite] = []
+    written = derived_candles_refresh(
+        symbol_id=symbol_id,
+        timeframe=Timeframe.parse(timeframe),
+        first_ms=first_ms,
+        last_ms=last_ms,
+        collect=derived,
     )
+    if derived:
+        name = Symbol.objects.values_list("symbol", flat=True).get(pk=symbol_id)
+        now = time.time()
+        candles_closed([closed_candle_event(write, symbol=name, committed_at=now) for write in derived])
+    return written
 
 
 @shared_task(name="marketdata.gaps_scan", acks_late=True, expires=300)
-def gaps_scan_task() -> dict[str, int]:
-    """Record the gaps of every ingested stream, then start a backfill for each one that is due."""
-    result = gaps_scan()
+def gaps_scan_task(now: str | None = None) -> dict[str, int]:
+    """Record the gaps of every ingested stream, then start a backfill for each one that is due.
+    `now` (ISO 8601, default the current time) is the moment the scan judges from."""
+    moment = None if now is None else datetime.fromisoformat(now)
+    result = gaps_scan(now=moment)
     started = 0
-    for gap_id in gaps_due():
+    for gap_id in gaps_due(now=moment):
         gap_backfill_task.apply_async(args=(gap_id,), queue=_queue_of_gap(gap_id))
         started += 1
     return {"streams": result.streams, "found": result.found, "recorded": result.recorded, "started": started}

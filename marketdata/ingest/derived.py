@@ -1,24 +1,46 @@
-"""Derived candles from the ingest process: after each committed batch, the buckets it closed.
+"""After each committed batch of the ingest process: derived candles, then close announcements.
 
-With a broker configured (REDIS_URL) each stream's refresh is a Celery task routed to the
-stream's shard queue; without one (the embedded default) it runs in one worker thread of this
-process, off the event loop. Either way it runs after the commit, reads what is stored and is
-safe to repeat. A failed refresh is logged and left to the next one (and to the gap scan):
-it never stops ingestion.
+The buckets a batch closed are recomputed (`marketdata.resampling`): with a broker configured
+(REDIS_URL) as Celery tasks routed to each stream's shard queue, which announce the derived
+closes themselves; without one (the embedded default) in one worker thread of this process, off
+the event loop. Then every closed candle, ingested or derived here, is announced to the
+registered listeners (`marketdata.events`: rules evaluate on it). All of it runs after the
+commit, reads what is stored and is safe to repeat. A failure is logged and left to the next
+close (and to the gap scan): it never stops ingestion.
 """
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import structlog
 from django.conf import settings
 from django.db import connections
 
+from marketdata.events import ClosedCandle, candles_closed
 from marketdata.resampling import RefreshRequest, derived_candles_refresh, refresh_requests
 from marketdata.services import CandleWrite
 
 logger = structlog.get_logger(__name__)
+
+
+def closed_candle_event(write: CandleWrite, *, symbol: str, committed_at: float) -> ClosedCandle:
+    k = write.kline
+    # Decimal → float here, at the edge of the numeric code (indicators work on floats).
+    return ClosedCandle(
+        symbol_id=write.symbol_id,
+        symbol=symbol,
+        timeframe=k.timeframe,
+        open_time_ms=k.open_time_ms,
+        open=float(k.open),
+        high=float(k.high),
+        low=float(k.low),
+        close=float(k.close),
+        volume=float(k.volume),
+        imputed=write.imputed_count > 0,
+        committed_at=committed_at,
+    )
 
 
 class DerivedRefresher:
@@ -28,32 +50,42 @@ class DerivedRefresher:
 
     def after_commit(self, batch: list[CandleWrite], committed_at: float, took: float) -> None:
         """`CandleWriter` on_committed hook (runs on the event loop: only hands work over)."""
-        requests = refresh_requests(batch)
-        if requests:
-            self._executor.submit(self._refresh, requests)
+        self._executor.submit(self._after_commit, batch, committed_at)
 
     def close(self) -> None:
         """Finish what was handed over, then release this thread's database connection."""
         self._executor.submit(connections.close_all)
         self._executor.shutdown(wait=True)
 
-    def _refresh(self, requests: list[RefreshRequest]) -> None:
-        for request in requests:
-            try:
-                if self._use_celery:
-                    from marketdata.tasks import resample_refresh
+    def _after_commit(self, batch: list[CandleWrite], committed_at: float) -> None:
+        names = {write.symbol_id: write.kline.symbol for write in batch}
+        derived: list[CandleWrite] = []
+        for request in refresh_requests(batch):
+            self._refresh(request, derived)
+        derived_at = time.time()
+        events = [closed_candle_event(w, symbol=names[w.symbol_id], committed_at=committed_at) for w in batch]
+        events += [
+            closed_candle_event(w, symbol=names[w.symbol_id], committed_at=derived_at) for w in derived
+        ]
+        candles_closed(events)
 
-                    resample_refresh.apply_async(
-                        args=(request.symbol_id, request.timeframe.value, request.first_ms, request.last_ms)
-                    )
-                else:
-                    derived_candles_refresh(
-                        symbol_id=request.symbol_id,
-                        timeframe=request.timeframe,
-                        first_ms=request.first_ms,
-                        last_ms=request.last_ms,
-                    )
-            except Exception:  # a refresh is repeatable: the next close or the gap scan redoes it
-                logger.exception(
-                    "derived_refresh_failed", symbol_id=request.symbol_id, timeframe=request.timeframe.value
+    def _refresh(self, request: RefreshRequest, derived: list[CandleWrite]) -> None:
+        try:
+            if self._use_celery:
+                from marketdata.tasks import resample_refresh
+
+                resample_refresh.apply_async(
+                    args=(request.symbol_id, request.timeframe.value, request.first_ms, request.last_ms)
                 )
+            else:
+                derived_candles_refresh(
+                    symbol_id=request.symbol_id,
+                    timeframe=request.timeframe,
+                    first_ms=request.first_ms,
+                    last_ms=request.last_ms,
+                    collect=derived,
+                )
+        except Exception:  # a refresh is repeatable: the next close or the gap scan redoes it
+            logger.exception(
+                "derived_refresh_failed", symbol_id=request.symbol_id, timeframe=request.timeframe.value
+            )

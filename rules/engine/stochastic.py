@@ -1,0 +1,92 @@
+"""Slow stochastic oscillator (%K, %D), as TA-Lib's STOCH with its SMA defaults (5, 3, 3).
+
+fast %K = (close - lowest low) / ((highest high - lowest low) / 100) over `fast_k` candles (0 when
+the range is 0, as TA-Lib); slow %K = SMA(fast %K, `slow_k`); slow %D = SMA(slow %K, `slow_d`).
+Both are NaN before index fast_k + slow_k + slow_d - 3 (TA-Lib drops the slow %K values that come
+before the first %D). Only the SMA smoothing is offered (TA-Lib also takes other MA types).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+
+from rules.engine.base import CandleSeries, FloatArray, Indicator, IndicatorState, check_period, nan_array
+from rules.engine.recurrence import RollingExtreme, RollingSum, rolling_extreme, rolling_sum
+
+
+class StochasticValue(NamedTuple):
+    k: float
+    d: float
+
+
+class StochasticArrays(NamedTuple):
+    k: FloatArray
+    d: FloatArray
+
+
+@dataclass(frozen=True)
+class Stochastic(Indicator[StochasticValue, StochasticArrays]):
+    """Slow stochastic %K and %D, 0…100."""
+
+    fast_k: int = 5
+    slow_k: int = 3
+    slow_d: int = 3
+
+    def __post_init__(self) -> None:
+        check_period("fast_k", self.fast_k, 1)
+        check_period("slow_k", self.slow_k, 1)
+        check_period("slow_d", self.slow_d, 1)
+
+    @property
+    def warmup(self) -> int:
+        return self.fast_k + self.slow_k + self.slow_d - 3
+
+    def batch(self, candles: CandleSeries) -> StochasticArrays:
+        size = len(candles)
+        k, d = nan_array(size), nan_array(size)
+        if size <= self.warmup:
+            return StochasticArrays(k, d)
+        first = self.fast_k - 1
+        highest = rolling_extreme(candles.high, self.fast_k, highest=True)[first:]
+        lowest = rolling_extreme(candles.low, self.fast_k, highest=False)[first:]
+        scale = (highest - lowest) / 100.0
+        with np.errstate(divide="ignore", invalid="ignore"):
+            fast = np.where(scale != 0, (candles.close[first:] - lowest) / scale, 0.0)
+        slow_k = rolling_sum(fast, self.slow_k)[self.slow_k - 1 :] / self.slow_k
+        slow_d = rolling_sum(slow_k, self.slow_d) / self.slow_d
+        k[self.warmup :] = slow_k[self.slow_d - 1 :]
+        d[self.warmup :] = slow_d[self.slow_d - 1 :]
+        return StochasticArrays(k, d)
+
+    def start(self) -> StochasticState:
+        return StochasticState(self.fast_k, self.slow_k, self.slow_d)
+
+
+class StochasticState(IndicatorState[StochasticValue]):
+    __slots__ = ("_d", "_highest", "_k", "_lowest", "_slow_d", "_slow_k")
+
+    def __init__(self, fast_k: int, slow_k: int, slow_d: int) -> None:
+        self._highest = RollingExtreme(fast_k, highest=True)
+        self._lowest = RollingExtreme(fast_k, highest=False)
+        self._slow_k, self._slow_d = slow_k, slow_d
+        self._k = RollingSum(slow_k)
+        self._d = RollingSum(slow_d)
+
+    def update(
+        self, high: float, low: float, close: float, volume: float, open_time_ms: int | None = None
+    ) -> StochasticValue | None:
+        highest = self._highest.push(high)
+        lowest = self._lowest.push(low)
+        if highest is None or lowest is None:
+            return None
+        scale = (highest - lowest) / 100.0
+        fast = (close - lowest) / scale if scale != 0 else 0.0
+        k_total = self._k.push(fast)
+        if k_total is None:
+            return None
+        k = k_total / self._slow_k
+        d_total = self._d.push(k)
+        return None if d_total is None else StochasticValue(k, d_total / self._slow_d)

@@ -1,0 +1,70 @@
+"""Volume-weighted average price, anchored to the UTC day.
+
+Each session is one UTC calendar day: it starts with the first candle whose open time falls on a
+new day (open_time_ms // 86_400_000 changes), whatever the hour of the previous candle.
+VWAP = Σ typical·volume / Σ volume over the session so far, typical = (high + low + close) / 3,
+both sums taken in candle order. While the session has traded no volume the VWAP is undefined:
+NaN in the batch form, None from `update`. There is no warm-up otherwise (`warmup` is 0).
+`update` needs `open_time_ms` to know where a session starts.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import numpy as np
+
+from rules.engine.base import CandleSeries, FloatArray, Indicator, IndicatorState, nan_array
+
+DAY_MS = 86_400_000
+
+
+@dataclass(frozen=True)
+class Vwap(Indicator[float, FloatArray]):
+    """Session VWAP, sessions being UTC days."""
+
+    @property
+    def warmup(self) -> int:
+        return 0
+
+    def batch(self, candles: CandleSeries) -> FloatArray:
+        typical = (candles.high + candles.low + candles.close) / 3.0
+        weighted = typical * candles.volume
+        day = candles.open_time_ms // DAY_MS
+        bounds = [0, *(np.flatnonzero(day[1:] != day[:-1]) + 1).tolist(), len(candles)]
+        value_total, volume_total = np.empty(len(candles)), np.empty(len(candles))
+        for start, stop in itertools.pairwise(bounds):
+            np.cumsum(weighted[start:stop], out=value_total[start:stop])
+            np.cumsum(candles.volume[start:stop], out=volume_total[start:stop])
+        out = nan_array(len(candles))
+        traded = volume_total > 0
+        out[traded] = value_total[traded] / volume_total[traded]
+        return out
+
+    def start(self) -> VwapState:
+        return VwapState()
+
+
+class VwapState(IndicatorState[float]):
+    __slots__ = ("_day", "_value_total", "_volume_total")
+
+    def __init__(self) -> None:
+        self._day: int | None = None
+        self._value_total = 0.0
+        self._volume_total = 0.0
+
+    def update(
+        self, high: float, low: float, close: float, volume: float, open_time_ms: int | None = None
+    ) -> float | None:
+        if open_time_ms is None:
+            raise ValueError("open_time_ms is required by VWAP: it anchors the session to the UTC day")
+        weighted = (high + low + close) / 3.0 * volume
+        day = open_time_ms // DAY_MS
+        if day != self._day:
+            self._day = day
+            self._value_total, self._volume_total = weighted, volume
+        else:
+            self._value_total = self._value_total + weighted
+            self._volume_total = self._volume_total + volume
+        return self._value_total / self._volume_total if self._volume_total > 0 else None

@@ -4,7 +4,9 @@ retry, 429 + Retry-After, bad input, dry runs."""
 
 import time
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import ccxt
 import pytest
@@ -20,6 +22,7 @@ from marketdata.backfill import (
     backfill_range,
     gap_backfill,
 )
+from marketdata.ingest.rest import ccxt_client
 from marketdata.models import Candle, Gap, Symbol
 from marketdata.simulator import SimConfig, SimExchangeThread
 from marketdata.tests.ingest_harness import sim_faults, stored_rows, truth_rows
@@ -62,7 +65,7 @@ def sim(running_sim, settings):
     sim_faults(running_sim, None)
 
 
-def missing(first: int, last: int) -> dict:
+def missing(first: int, last: int) -> dict[str, Any]:
     """The fault: the exchange has no BTCUSDT 1m candles from minute `first` to `last`."""
     start, end = FIRST + first * MINUTE, FIRST + last * MINUTE
     return {"missing_klines": {"symbol": "BTCUSDT", "interval": "1m", "start": start, "end": end}}
@@ -143,7 +146,7 @@ def test_candles_the_exchange_lacks_are_imputed_from_the_previous_close(sim):
     for candle in imputed[:5]:
         assert (candle.open, candle.high, candle.low, candle.close) == (before.close,) * 4
         assert format(candle.open, "f") == format(before.close, "f")
-        assert (candle.volume, candle.quote_volume, candle.trade_count) == (0, 0, 0)
+        assert (candle.volume, candle.quote_volume, candle.trade_count) == (Decimal(0), Decimal(0), 0)
         assert (candle.source, candle.imputed_inputs) == ("imputed", 1)
     assert imputed[-1].close == Candle.objects.get(timeframe="1m", open_time=at(197)).close
     # A derived bucket over imputed minutes says how many of its inputs were imputed.
@@ -189,7 +192,7 @@ def test_unimputable_leading_candles_are_reported(sim, monkeypatch):
 
 def corrupt_first_page(monkeypatch, how):
     """The real ccxt client over the real socket, with the first klines page altered."""
-    real_client = backfill.ccxt_client
+    real_client = ccxt_client
     state = {"pages": 0}
 
     def client(profile, **kwargs):
@@ -237,6 +240,7 @@ def test_a_rejected_page_writes_nothing_fails_the_gap_and_a_later_retry_succeeds
     assert kind in gap.reason
     assert "page from 2024-02-27T12:00:00Z rejected" in gap.reason
     assert gap.attempts == 1
+    assert gap.next_attempt_at is not None
     assert before + timedelta(seconds=59) < gap.next_attempt_at < timezone.now() + timedelta(seconds=61)
     assert count_1m() == 0
     assert rejected(kind) == counted + 1
@@ -247,6 +251,7 @@ def test_a_rejected_page_writes_nothing_fails_the_gap_and_a_later_retry_succeeds
     before = timezone.now()
     gap = gap_backfill(gap_id=gap.pk)
     assert (gap.status, gap.attempts) == (Gap.Status.FAILED, 2)
+    assert gap.next_attempt_at is not None
     assert gap.next_attempt_at > before + timedelta(seconds=119)  # 60 s doubled
 
     corrupt_first_page(monkeypatch, None)

@@ -72,7 +72,9 @@ def test_backfills_each_symbol_and_timeframe_with_a_summary_line(sim):
     assert lines[3].startswith("sim ETHUSDT 1m")
     assert err == ""  # not a terminal: no progress bar
     assert Candle.objects.filter(timeframe="1m", source="rest").count() == 240
-    assert AuditEvent.objects.filter(action="marketdata.backfill").first().actor.startswith("user:")
+    event = AuditEvent.objects.filter(action="marketdata.backfill").first()
+    assert event is not None
+    assert event.actor.startswith("user:")
 
 
 def test_dry_run_says_what_it_would_write(sim):

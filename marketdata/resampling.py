@@ -22,9 +22,10 @@ from datetime import UTC, datetime
 from django.conf import settings
 
 from marketdata.core.klines import Kline
-from marketdata.core.resample import CandleArrays, ClosedCandle, Derivation, resample
+from marketdata.core.resample import DEFAULT_DERIVATIONS, CandleArrays, ClosedCandle, Derivation, resample
 from marketdata.core.timeframes import Timeframe
-from marketdata.models import Candle
+from marketdata.exchanges import PROFILES
+from marketdata.models import Candle, Symbol
 from marketdata.services import CandleWrite, candles_upsert_closed
 
 
@@ -38,14 +39,32 @@ class RefreshRequest:
     last_ms: int
 
 
-def derivations() -> tuple[Derivation, ...]:
-    """The derivation map in force (the `OASIS_DERIVATIONS` setting)."""
-    return tuple(settings.OASIS_DERIVATIONS)
+# Derived only for exchanges that do not serve them: where the exchange streams them, its own
+# candles are ingested (and backfilled) instead.
+_FOR_EXCHANGES_LACKING = {
+    (Timeframe.M1, Timeframe.M5),
+    (Timeframe.M1, Timeframe.M15),
+    (Timeframe.M1, Timeframe.H1),
+}
+
+
+def derivations(exchange: str | None = None) -> tuple[Derivation, ...]:
+    """The derivation map in force: the `OASIS_DERIVATIONS` setting when set; otherwise the
+    default map less the pairs whose target `exchange` serves itself (all of the default map
+    when no exchange is named)."""
+    if settings.OASIS_DERIVATIONS is not None:
+        return tuple(settings.OASIS_DERIVATIONS)
+    if exchange is None or exchange not in PROFILES:
+        return DEFAULT_DERIVATIONS
+    streamed = PROFILES[exchange].streamed_timeframes
+    return tuple(
+        pair for pair in DEFAULT_DERIVATIONS if not (pair in _FOR_EXCHANGES_LACKING and pair[1] in streamed)
+    )
 
 
 def refresh_requests(
     writes: Iterable[CandleWrite], *, derivation_map: Sequence[Derivation] | None = None
-) -> list[RefreshRequest]:
+) -> list[RefreshRequest]:  # without a map: every pair any exchange may derive
     """Which streams of a committed batch need derived candles recomputed, and over what range.
 
     A live close matters only when it is the last candle of a derived bucket (the bucket has
@@ -84,7 +103,7 @@ def derived_candles_refresh(
     every derived candle computed, written or not (a consumer of closes may need them)."""
     written = 0
     pending = [(timeframe, first_ms, last_ms)]
-    mapping = derivations()
+    mapping = derivations(Symbol.objects.values_list("exchange", flat=True).get(pk=symbol_id))
     while pending:
         source, first, last = pending.pop(0)
         for source_of, target in mapping:

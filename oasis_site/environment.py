@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from marketdata.core.resample import DEFAULT_DERIVATIONS, Derivation, validate_derivations
+from marketdata.core.resample import Derivation, validate_derivations
 from marketdata.exchanges import PROFILES
 
 EnvName = Literal["dev", "test", "prod"]
@@ -83,8 +83,9 @@ class Environment:
     exchange: str = "sim"
     # {"binance": {"rest": "...", "ws": "..."}}: only the URLs set in the environment.
     exchange_urls: dict[str, dict[str, str]] = field(default_factory=dict)
-    # Which timeframes are derived from which: ((source, target), ...).
-    derivations: tuple[Derivation, ...] = DEFAULT_DERIVATIONS
+    # Which timeframes are derived from which: ((source, target), ...); None: the default map,
+    # less what each exchange streams itself (marketdata.resampling.derivations).
+    derivations: tuple[Derivation, ...] | None = None
     var_dir: Path = field(repr=False, default=Path("var"))
 
     @property
@@ -199,7 +200,7 @@ def read_environment(environ: Mapping[str, str], *, base_dir: Path) -> Environme
                 _check_url(variable, url, schemes, f"{schemes[1]}://host:port")
                 exchange_urls.setdefault(exchange_name, {})[kind] = url.rstrip("/")
 
-    derivations = DEFAULT_DERIVATIONS
+    derivations: tuple[Derivation, ...] | None = None
     derivations_text = get("OASIS_DERIVATIONS")
     if derivations_text is not None:
         pairs = [

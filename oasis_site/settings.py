@@ -36,7 +36,8 @@ MONGO_URL = ENV.mongo_url
 # (marketdata/exchanges.py holds the defaults).
 OASIS_EXCHANGE = ENV.exchange
 OASIS_EXCHANGE_URLS = ENV.exchange_urls
-# Which timeframes are resampled from which (marketdata.resampling); OASIS_DERIVATIONS.
+# Which timeframes are resampled from which (marketdata.resampling); OASIS_DERIVATIONS. None:
+# the desk's map (1m→3m, 1m→10m, 5m→10m, 1h→4h) plus 1m→5m/15m/1h where the exchange lacks them.
 OASIS_DERIVATIONS = ENV.derivations
 REDIS_URL = ENV.redis_url
 

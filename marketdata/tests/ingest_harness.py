@@ -55,6 +55,9 @@ def ingest_env(sim: SimExchangeThread) -> dict[str, str]:
         "DATABASE_URL": url,
         "OASIS_SIM_REST_URL": f"http://{host}:{port}",
         "OASIS_SIM_WS_URL": f"ws://{host}:{port}",
+        # 5m derived from 1m although the simulator streams 5m: the end-to-end tests hold the
+        # derived candles against the simulator's own.
+        "OASIS_DERIVATIONS": "1m>3m,1m>5m,1m>10m,5m>10m,1h>4h",
     }
 
 

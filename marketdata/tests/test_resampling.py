@@ -181,3 +181,12 @@ def test_the_scan_task_with_nothing_missing():
         writes=[CandleWrite(symbol.pk, kline(open_time_ms=newest - n * M), "ws") for n in range(-1, 3)]
     )
     assert gaps_scan_task.delay().get() == {"streams": 1, "found": 0, "recorded": 0, "started": 0}
+
+
+def test_the_default_map_leaves_out_what_the_exchange_serves(settings):
+    from marketdata.resampling import derivations
+
+    settings.OASIS_DERIVATIONS = None
+    desk = {(Timeframe.M1, Timeframe.M3), (Timeframe.M1, Timeframe.M10), (Timeframe.M5, Timeframe.M10)}
+    assert set(derivations("binance")) == desk | {(Timeframe.H1, Timeframe.H4)}  # it streams 5m, 15m, 1h
+    assert len(derivations()) == 7  # no exchange named: everything any exchange may need

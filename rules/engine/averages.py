@@ -13,7 +13,7 @@
 - Bollinger Bands(n, up, down): middle = SMA(n); upper/lower = middle ± multiplier · sd, sd the
   population standard deviation (divide by n), as TA-Lib's BBANDS with its default SMA. The sum
   of squared deviations is carried with Welford's sliding update and recomputed exactly (two
-  passes over the window) every `CHUNK` outputs. TA-Lib computes sd² = mean(x²) - mean(x)², which
+  passes over the window) every `recurrence.CHUNK` outputs. TA-Lib computes sd² = mean(x²) - mean(x)², which
   cancels badly at BTC prices (sd good to ≈ 1e-7 relative); the bands agree to ≈ 1e-11.
 """
 
@@ -26,6 +26,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from rules.engine import recurrence
 from rules.engine.base import (
     CandleSeries,
     FloatArray,
@@ -36,7 +37,6 @@ from rules.engine.base import (
     nan_array,
 )
 from rules.engine.recurrence import (
-    CHUNK,
     LinearRecurrence,
     RollingSum,
     chunk_starts,
@@ -315,7 +315,7 @@ class BollingerBandsState(IndicatorState[BandsValue]):
         if total is None:
             return None
         mean = total / n
-        if self._outputs % CHUNK == 0:
+        if self._outputs % recurrence.CHUNK == 0:
             squares = 0.0
             for kept in self._window:
                 deviation = kept - mean

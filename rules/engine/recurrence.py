@@ -169,16 +169,6 @@ class RollingSum:
         self._outputs += 1
         return total
 
-    @property
-    def window(self) -> deque[float]:
-        """The last n values, oldest first (read only by convention)."""
-        return self._window
-
-    @property
-    def resynced(self) -> bool:
-        """Whether the last sum was recomputed from the window rather than carried."""
-        return (self._outputs - 1) % CHUNK == 0
-
 
 def rolling_extreme(values: FloatArray, n: int, *, highest: bool) -> FloatArray:
     """max (or min) of values[i-n+1…i] at each i ≥ n-1, NaN before."""

@@ -13,3 +13,9 @@ ALL_FLAGS: dict[str, str] = {
     LIVE_TRADING: "Send real orders through the live broker. Off: every order is dry-run.",
     API_AUTH_REQUIRED: "Require a logged-in user for the REST API and WebSockets.",
 }
+
+
+def rule_flag(rule_id: int) -> str:
+    """The flag of one rule (created off with the rule): on for everyone, off, or, with
+    "everyone" unset, on for a stable share of symbols given by the flag's percent."""
+    return f"rule_{rule_id}"

@@ -78,6 +78,11 @@ class Command(BaseCommand):
             )
             if sync.returncode != 0:
                 raise CommandError(f"sync_symbols failed for {profile.name} (exit {sync.returncode})")
+            seed = subprocess.run(  # noqa: S603 - our own command, arguments we built
+                [sys.executable, MANAGE, "seed_demo_rule", "--symbols", options["symbols"]], check=False
+            )
+            if seed.returncode != 0:
+                raise CommandError(f"seed_demo_rule failed (exit {seed.returncode})")
             start(
                 "ingest",
                 "ingest",

@@ -31,6 +31,7 @@ def test_rule_save_creates_versions_and_activates(tmp_path, capsys):
         "rule_save", "trend", spec=path, symbols="BTCUSDT,ETHUSDT", comment="simpler exit", activate=True
     )
     config.refresh_from_db()
+    assert config.active_version is not None
     assert (config.status, config.active_version.number, config.symbols) == (
         "active",
         2,

@@ -32,6 +32,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 from prometheus_client import Counter, Histogram
+from waffle.models import Flag
 
 from audit.services import audit_record
 from marketdata.core.timeframes import Timeframe
@@ -41,7 +42,7 @@ from oasis_site.broadcast import broadcast_after_commit
 from rules.engine.evaluator import PairState, RuleProgram
 from rules.engine.spec import RuleSpec, parse_spec
 from rules.models import RuleConfig, RuleConfigVersion, Signal
-from rules.selectors import active_versions, rule_enabled_for
+from rules.selectors import active_versions, rule_flag_allows
 
 logger = structlog.get_logger(__name__)
 
@@ -66,6 +67,8 @@ class _Active:
     spec: RuleSpec
     symbols: frozenset[str]
     timeframes: frozenset[Timeframe]
+    version_id: int  # (model pk lookups are slow in a loop of thousands)
+    config_id: int
 
 
 class SignalEvaluator:
@@ -96,11 +99,19 @@ class SignalEvaluator:
         self._rebuild_missing(work)
         drafts: list[tuple[Signal, ClosedCandle]] = []
         now = timezone.now()
+        flags = {entry.config_id: Flag.get(entry.config.flag_name) for entry in active}  # once a batch
+        allowed: dict[tuple[int, str], bool] = {}
+        evaluated: dict[Timeframe, int] = defaultdict(int)
         for entry, candle in work:
-            key = (entry.version.pk, candle.symbol_id, candle.timeframe)
-            if key in self._disabled or not rule_enabled_for(config=entry.config, symbol=candle.symbol):
+            key = (entry.version_id, candle.symbol_id, candle.timeframe)
+            if key in self._disabled:
                 continue
-            EVALUATIONS.labels(candle.timeframe.value).inc()
+            gate = (entry.config_id, candle.symbol)
+            if gate not in allowed:
+                allowed[gate] = rule_flag_allows(flags[gate[0]], config_id=gate[0], symbol=candle.symbol)
+            if not allowed[gate]:
+                continue
+            evaluated[candle.timeframe] += 1
             try:
                 state = self._states[key]
                 if state.last_open_ms is not None and candle.open_time_ms <= state.last_open_ms:
@@ -124,6 +135,8 @@ class SignalEvaluator:
                     computed_at=now,
                 )
                 drafts.append((signal, candle))
+        for timeframe, count in evaluated.items():
+            EVALUATIONS.labels(timeframe.value).inc(count)
         return self._persist(drafts)
 
     # -- rule versions and states ------------------------------------------------------------
@@ -135,15 +148,23 @@ class SignalEvaluator:
         for version in active_versions():
             spec = parse_spec(version.spec)
             loaded.append(
-                _Active(version, version.config, spec, frozenset(version.symbols), frozenset(spec.timeframes))
+                _Active(
+                    version,
+                    version.config,
+                    spec,
+                    frozenset(version.symbols),
+                    frozenset(spec.timeframes),
+                    version.pk,
+                    version.config_id,
+                )
             )
-        current = {entry.version.pk for entry in loaded}
+        current = {entry.version_id for entry in loaded}
         self._states = {key: state for key, state in self._states.items() if key[0] in current}
         self._active, self._loaded_at = loaded, time.monotonic()
         return loaded
 
     def _program(self, entry: _Active, timeframe: Timeframe) -> RuleProgram:
-        key = (entry.version.pk, timeframe)
+        key = (entry.version_id, timeframe)
         program = self._programs.get(key)
         if program is None:
             program = self._programs[key] = RuleProgram.from_spec(entry.spec, timeframe)
@@ -154,7 +175,7 @@ class SignalEvaluator:
         query per timeframe for all the symbols that need one."""
         first_seen: dict[tuple[int, int, Timeframe], tuple[_Active, ClosedCandle]] = {}
         for entry, candle in work:
-            first_seen.setdefault((entry.version.pk, candle.symbol_id, candle.timeframe), (entry, candle))
+            first_seen.setdefault((entry.version_id, candle.symbol_id, candle.timeframe), (entry, candle))
         stale = {
             key: pair
             for key, pair in first_seen.items()
@@ -243,10 +264,9 @@ class SignalEvaluator:
             return []
         with transaction.atomic():
             created = Signal.objects.bulk_create([signal for signal, _ in drafts], ignore_conflicts=True)
-            for signal, _ in drafts:
-                broadcast_after_commit(
-                    SIGNALS_GROUP, {"type": "signal.new", "signal": signal_payload(signal)}
-                )
+            # One event per batch: a boundary can give hundreds of signals at once.
+            payloads = [signal_payload(signal) for signal, _ in drafts]
+            broadcast_after_commit(SIGNALS_GROUP, {"type": "signals.new", "signals": payloads})
         committed = time.time()
         for _, candle in drafts:
             closed_at = (candle.open_time_ms + candle.timeframe.ms) / 1000

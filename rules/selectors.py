@@ -22,10 +22,14 @@ def active_versions() -> list[RuleConfigVersion]:
 def rule_enabled_for(*, config: RuleConfig, symbol: str) -> bool:
     """The rule's flag: everyone on → on; everyone off → off; unset → on for the symbols whose
     stable hash falls within the flag's percent (the same symbols every time, across processes)."""
-    flag = Flag.get(config.flag_name)
+    return rule_flag_allows(Flag.get(config.flag_name), config_id=config.pk, symbol=symbol)
+
+
+def rule_flag_allows(flag: Flag, *, config_id: int, symbol: str) -> bool:
+    """`rule_enabled_for` with the flag already read (evaluation reads it once per batch)."""
     if flag.pk is None or flag.everyone is False:
         return False
     if flag.everyone:
         return True
     share = float(flag.percent or 0)
-    return zlib.crc32(f"{config.pk}:{symbol}".encode()) % 1000 < share * 10
+    return zlib.crc32(f"{config_id}:{symbol}".encode()) % 1000 < share * 10

@@ -193,5 +193,5 @@ def test_signals_are_broadcast_after_commit(series, django_capture_on_commit_cal
     first = Signal.objects.order_by("open_time").first()
     assert first is not None
     message = async_to_sync(layer.receive)(channel)
-    assert message["type"] == "signal.new"
-    assert message["signal"]["open_time"] == first.open_time.isoformat()
+    assert message["type"] == "signals.new"
+    assert message["signals"][0]["open_time"] == first.open_time.isoformat()

@@ -24,8 +24,13 @@ from django.db import transaction
 from django.utils import timezone
 
 from audit.services import audit_record
-from marketdata.core.backfill_pages import PageRejected, imputed_kline, missing_open_times, page_klines
-from marketdata.core.klines import Kline
+from marketdata.core.backfill_pages import (
+    KlineRows,
+    PageRejected,
+    imputed_kline,
+    missing_open_times,
+    page_rows,
+)
 from marketdata.core.timeframes import Timeframe
 from marketdata.exchanges import ExchangeProfile, exchange_profile
 from marketdata.ingest.metrics import BACKFILL_CANDLES, BACKFILL_PAGES_REJECTED, BACKFILL_WAITS
@@ -33,7 +38,7 @@ from marketdata.ingest.rest import ccxt_client
 from marketdata.models import Candle, Gap, Symbol
 from marketdata.resampling import derived_candles_refresh
 from marketdata.selectors import candle_gaps
-from marketdata.services import CandleWrite, candles_upsert_closed
+from marketdata.services import CandleRows, CandleWrite, candles_upsert_closed, candles_upsert_rows
 
 logger = structlog.get_logger(__name__)
 
@@ -176,15 +181,15 @@ class KlinePager:
         rows = self._call(
             "publicGetKlines", {"symbol": symbol, "interval": timeframe.value, "endTime": end, "limit": 1}
         )
-        klines = self._validated(rows, symbol, timeframe, 0, open_ms - timeframe.ms, now_ms)
-        return klines[-1].close if klines else None
+        page = self._validated(rows, symbol, timeframe, 0, open_ms - timeframe.ms, now_ms)
+        return Decimal(page.close[-1]) if len(page) else None
 
     def pages(
         self, symbol: str, timeframe: Timeframe, first_ms: int, last_ms: int, now_ms: int
-    ) -> Iterator[tuple[int, int, list[Kline]]]:
-        """(first, last, klines): every open time first … last has been asked for, and `klines`
-        are all the candles the exchange has among them, validated, in order. Pages of
-        `page_rows`; a page that is not valid whole raises `BackfillFailed`."""
+    ) -> Iterator[tuple[int, int, KlineRows]]:
+        """(first, last, rows): every open time first … last has been asked for, and `rows` are
+        all the candles the exchange has among them, validated, in order. Pages of `page_rows`
+        rows; a page that is not valid whole raises `BackfillFailed`."""
         step = timeframe.ms
         start = first_ms
         while start <= last_ms:
@@ -198,20 +203,20 @@ class KlinePager:
                     "limit": self.page_rows,
                 },
             )
-            klines = self._validated(rows, symbol, timeframe, start, last_ms, now_ms)
-            if len(klines) < self.page_rows:
+            page = self._validated(rows, symbol, timeframe, start, last_ms, now_ms)
+            if len(page) < self.page_rows:
                 # The exchange gave everything it has up to endTime.
-                yield start, last_ms, klines
+                yield start, last_ms, page
                 return
-            covered = klines[-1].open_time_ms
-            yield start, covered, klines
+            covered = page.open_time_ms[-1]
+            yield start, covered, page
             start = covered + step
 
     def _validated(
         self, rows: Any, symbol: str, timeframe: Timeframe, first_ms: int, last_ms: int, now_ms: int
-    ) -> list[Kline]:
+    ) -> KlineRows:
         try:
-            return page_klines(
+            return page_rows(
                 rows, symbol=symbol, timeframe=timeframe, first_ms=first_ms, last_ms=last_ms, now_ms=now_ms
             )
         except PageRejected as error:
@@ -404,23 +409,24 @@ class _Run:
         self.actor = actor
         self.batch_rows = batch_rows
         self.progress = progress
-        self.real: list[CandleWrite] = []
+        self.real = KlineRows(timeframe)
         self.imputed: list[CandleWrite] = []
         self.written_spans: list[tuple[int, int]] = []  # open times of each range written so far
         self._span_start: int | None = None
 
     def fill(self, first_ms: int, last_ms: int) -> None:
         """Fetch the open times first … last (all missing) and queue their writes."""
-        tf, symbol_id = self.timeframe, self.symbol.pk
+        tf = self.timeframe
         previous_close: Decimal | None = None  # of the candle before the next page
         looked_back = False
         self._span_start = None
-        for page_first, page_last, klines in self.pager.pages(
+        for page_first, page_last, page in self.pager.pages(
             self.symbol.symbol, tf, first_ms, last_ms, self.now_ms
         ):
-            holes = list(missing_open_times(klines, timeframe=tf, first_ms=page_first, last_ms=page_last))
+            opened = page.open_time_ms
+            holes = list(missing_open_times(opened, timeframe=tf, first_ms=page_first, last_ms=page_last))
             if holes:
-                close_at = {kline.open_time_ms: kline.close for kline in klines}
+                close_at = dict(zip(opened, page.close, strict=True))
                 for hole_first, hole_last in holes:
                     if hole_first == page_first:
                         if previous_close is None and not looked_back:
@@ -428,12 +434,12 @@ class _Run:
                             looked_back = True
                         close = previous_close
                     else:  # the page's candle just before the hole
-                        close = close_at[hole_first - tf.ms]
+                        close = Decimal(close_at[hole_first - tf.ms])
                     self._impute(hole_first, hole_last, close)
-            if klines:
-                self.real.extend([CandleWrite(symbol_id, kline, "rest") for kline in klines])
-                self.result.backfilled += len(klines)
-                previous_close = klines[-1].close
+            if len(page):
+                self.real.extend(page)
+                self.result.backfilled += len(page)
+                previous_close = Decimal(page.close[-1])
             looked_back = True
             self._note_span(page_first, page_last)
             if len(self.real) + len(self.imputed) >= self.batch_rows:
@@ -486,16 +492,21 @@ class _Run:
             self.written_spans[-1] = (self._span_start, last_ms)
 
     def flush(self) -> None:
-        if not self.real and not self.imputed:
+        if not len(self.real) and not self.imputed:
             return
         real, imputed = self.real, self.imputed
-        self.real, self.imputed = [], []
+        self.real, self.imputed = KlineRows(self.timeframe), []
         if self.result.dry_run:
             return
         started = time.monotonic()
         result = self.result
         with transaction.atomic():
-            candles_upsert_closed(writes=real)
+            candles_upsert_rows(
+                rows=CandleRows(
+                    self.symbol.pk, self.timeframe, "rest", real.open_time_ms, real.open, real.high, real.low,
+                    real.close, real.volume, real.quote_volume, real.trades,
+                )
+            )  # fmt: skip
             candles_upsert_closed(writes=imputed)
             if imputed:
                 audit_record(

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
+from operator import lt
 from typing import Any
 
 import psycopg
@@ -14,6 +15,7 @@ from django.utils import timezone
 
 from audit.services import audit_record
 from marketdata.core.klines import Kline
+from marketdata.core.timeframes import Timeframe
 from marketdata.models import Candle, Symbol, SymbolFilterSnapshot
 
 _CANDLE_COLUMNS = (
@@ -186,25 +188,14 @@ def _copy_text(writes: Sequence[CandleWrite], now: datetime) -> bytes:
 
     Every value is a number, a known timeframe/source word or a timestamp, so nothing needs
     escaping. Decimals go as `str()`, exact (an exponent such as "1E-8" is read by numeric's
-    input with the same value and scale) and cheaper than `format(…, "f")`; open times as text
-    built from a per-day prefix and a table of the minutes of a day, ~5x cheaper than
-    `datetime.isoformat()` for the whole-minute times candles have.
+    input with the same value and scale) and cheaper than `format(…, "f")`; open times as in
+    `_open_time_texts`.
     """
     ingested = now.isoformat()
-    days: dict[int, str] = {}
-    minutes = _MINUTES_OF_DAY
+    opened_texts = _open_time_texts([write.kline.open_time_ms for write in writes])
     lines = []
-    for write in writes:
+    for write, opened in zip(writes, opened_texts, strict=True):
         k = write.kline
-        ms = k.open_time_ms
-        day, in_day = divmod(ms, 86_400_000)
-        prefix = days.get(day)
-        if prefix is None:
-            prefix = days[day] = datetime.fromtimestamp(day * 86_400, tz=UTC).strftime("%Y-%m-%d ")
-        if in_day % 60_000:
-            opened = datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat()
-        else:
-            opened = f"{prefix}{minutes[in_day // 60_000]}:00+00"
         imputed = write.imputed_count
         lines.append(
             f"{write.symbol_id}\t{k.timeframe.value}\t{opened}\t{k.open}\t{k.high}\t{k.low}\t{k.close}\t"
@@ -212,6 +203,24 @@ def _copy_text(writes: Sequence[CandleWrite], now: datetime) -> bytes:
             f"{write.source}\t{ingested}\n"
         )
     return "".join(lines).encode()
+
+
+def _open_time_texts(open_times_ms: Sequence[int]) -> list[str]:
+    """Open times as timestamptz text: from a per-day prefix and a table of the minutes of a day,
+    ~5x cheaper than `datetime.isoformat()` for the whole-minute times candles have."""
+    days: dict[int, str] = {}
+    minutes = _MINUTES_OF_DAY
+    texts = []
+    for ms in open_times_ms:
+        day, in_day = divmod(ms, 86_400_000)
+        prefix = days.get(day)
+        if prefix is None:
+            prefix = days[day] = datetime.fromtimestamp(day * 86_400, tz=UTC).strftime("%Y-%m-%d ")
+        if in_day % 60_000:
+            texts.append(datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat())
+        else:
+            texts.append(f"{prefix}{minutes[in_day // 60_000]}:00+00")
+    return texts
 
 
 _MINUTES_OF_DAY = [f"{hour:02d}:{minute:02d}" for hour in range(24) for minute in range(60)]
@@ -222,21 +231,27 @@ _ANY_STORED_IN_SPANS = (
     "AND c.timeframe = span.timeframe AND c.open_time BETWEEN span.first AND span.last)"
 )
 
+Spans = Mapping[tuple[int, str], tuple[int, int]]  # (symbol id, timeframe) → (first, last) open time
 
-def _any_stored_in_spans(cursor: Any, writes: Sequence[CandleWrite]) -> bool:
-    """Whether any candle is stored between the first and last open time of any stream in
-    `writes` (one indexed probe per stream, in one statement)."""
-    spans: dict[tuple[int, str], list[int]] = {}
+
+def _write_spans(writes: Sequence[CandleWrite]) -> dict[tuple[int, str], tuple[int, int]]:
+    spans: dict[tuple[int, str], tuple[int, int]] = {}
     for write in writes:
         key = (write.symbol_id, write.kline.timeframe.value)
         opened = write.kline.open_time_ms
         span = spans.get(key)
         if span is None:
-            spans[key] = [opened, opened]
+            spans[key] = (opened, opened)
         elif opened < span[0]:
-            span[0] = opened
+            spans[key] = (opened, span[1])
         elif opened > span[1]:
-            span[1] = opened
+            spans[key] = (span[0], opened)
+    return spans
+
+
+def _any_stored_in_spans(cursor: Any, spans: Spans) -> bool:
+    """Whether any candle is stored between the first and last open time of any stream in
+    `spans` (one indexed probe per stream, in one statement)."""
     keys, bounds = list(spans), list(spans.values())
     cursor.execute(
         _ANY_STORED_IN_SPANS,
@@ -251,30 +266,154 @@ def _any_stored_in_spans(cursor: Any, writes: Sequence[CandleWrite]) -> bool:
 
 
 def _upsert_postgresql(writes: Sequence[CandleWrite], now: datetime) -> int:
-    # Into a range with nothing stored (a backfill), every row is new: COPY straight into the
-    # table, in chunks so that the server parses one while the next is built. A row that
-    # arrives meanwhile (the live ingest) makes the COPY fail on the unique index; the savepoint
-    # undoes it and the upsert below runs instead, so the outcome is the upsert's in every case.
-    # Otherwise COPY into a session-local staging table, then one INSERT … SELECT … ON CONFLICT.
+    return _copy_or_upsert(
+        _write_spans(writes),
+        len(writes),
+        lambda start, stop: _copy_text(writes[start:stop], now),
+    )
+
+
+def _copy_or_upsert(spans: Spans, count: int, text: Callable[[int, int], bytes]) -> int:
+    """Write `count` rows, distinct buckets, whose COPY text `text(start, stop)` gives by chunks.
+
+    Into a range with nothing stored (a backfill), every row is new: COPY straight into the
+    table, in chunks so that the server parses one while the next is built. A row that arrives
+    meanwhile (the live ingest) makes the COPY fail on the unique index; the savepoint undoes it
+    and the upsert below runs instead, so the outcome is the upsert's in every case. Otherwise
+    COPY into a session-local staging table, then one INSERT … SELECT … ON CONFLICT.
+    """
     with transaction.atomic(), connection.cursor() as cursor:
-        if not _any_stored_in_spans(cursor, writes):
+        if not _any_stored_in_spans(cursor, spans):
             try:
                 with (
                     transaction.atomic(),
                     cursor.cursor.copy(f"COPY marketdata_candle ({_COLUMN_LIST}) FROM STDIN") as copy,
                 ):
-                    for start in range(0, len(writes), _COPY_CHUNK_ROWS):
-                        copy.write(_copy_text(writes[start : start + _COPY_CHUNK_ROWS], now))
+                    for start in range(0, count, _COPY_CHUNK_ROWS):
+                        copy.write(text(start, min(start + _COPY_CHUNK_ROWS, count)))
             except psycopg.errors.UniqueViolation:
                 pass
             else:
-                return len(writes)
+                return count
         cursor.execute(_CREATE_STAGING)
         with cursor.cursor.copy(f"COPY marketdata_candle_staging ({_COLUMN_LIST}) FROM STDIN") as copy:
-            for start in range(0, len(writes), _COPY_CHUNK_ROWS):
-                copy.write(_copy_text(writes[start : start + _COPY_CHUNK_ROWS], now))
+            for start in range(0, count, _COPY_CHUNK_ROWS):
+                copy.write(text(start, min(start + _COPY_CHUNK_ROWS, count)))
         cursor.execute(_INSERT_FROM_STAGING)
         return int(cursor.rowcount)
+
+
+@dataclass(frozen=True)
+class CandleRows:
+    """Closed candles of one stream as columns, for writing in bulk without a `Kline` or a
+    `CandleWrite` per row (a backfill's pages, a refresh's derived candles).
+
+    Open times strictly increasing. The decimal columns are text that PostgreSQL's numeric
+    input reads exactly, with nothing COPY would need escaped: the exchange's plain strings
+    (`marketdata.core.klines.RestRow`) or `FixedPointColumn.strings()`. `imputed_inputs` None
+    means 0 for every row (real candles).
+    """
+
+    symbol_id: int
+    timeframe: Timeframe
+    source: str
+    open_time_ms: Sequence[int]
+    open: Sequence[str]
+    high: Sequence[str]
+    low: Sequence[str]
+    close: Sequence[str]
+    volume: Sequence[str]
+    quote_volume: Sequence[str]
+    trades: Sequence[int]
+    imputed_inputs: Sequence[int] | None = None
+
+    def __len__(self) -> int:
+        return len(self.open_time_ms)
+
+    def writes(self) -> list[CandleWrite]:
+        """The rows as `CandleWrite`s (for the row-by-row path and for consumers of closes)."""
+        counts = self.imputed_inputs if self.imputed_inputs is not None else [0] * len(self)
+        symbol = str(self.symbol_id)
+        return [
+            CandleWrite(
+                self.symbol_id,
+                Kline(symbol, self.timeframe, t, Decimal(o), Decimal(h), Decimal(low), Decimal(c), Decimal(v),
+                      Decimal(q), n, True),
+                self.source,
+                imputed=imputed > 0,
+                imputed_inputs=imputed,
+            )
+            for t, o, h, low, c, v, q, n, imputed in zip(
+                self.open_time_ms, self.open, self.high, self.low, self.close, self.volume,
+                self.quote_volume, self.trades, counts, strict=True,
+            )
+        ]  # fmt: skip
+
+
+def candles_upsert_rows(*, rows: CandleRows) -> int:
+    """`candles_upsert_closed` for candles held as columns: the same rows written, the same
+    upsert rule, the same stored text; return how many rows were written.
+
+    On PostgreSQL the COPY text (or, for a few rows, the arrays of the one-statement insert) is
+    built straight from the columns. Elsewhere the rows go through `candles_upsert_closed`.
+    """
+    count = len(rows)
+    if not count:
+        return 0
+    opened = rows.open_time_ms
+    if not all(map(lt, opened, opened[1:])):
+        raise ValueError("open times must be strictly increasing")
+    if connection.vendor != "postgresql":
+        return candles_upsert_closed(writes=rows.writes())
+    now = timezone.now()
+    if count <= _ARRAYS_MAX_ROWS:
+        return _execute_arrays(_rows_array_params(rows, now))
+    spans = {(rows.symbol_id, rows.timeframe.value): (opened[0], opened[-1])}
+    return _copy_or_upsert(spans, count, lambda start, stop: _rows_copy_text(rows, start, stop, now))
+
+
+def _rows_copy_text(rows: CandleRows, start: int, stop: int, now: datetime) -> bytes:
+    """COPY text of rows start … stop-1 (as `_copy_text` writes it)."""
+    head = f"{rows.symbol_id}\t{rows.timeframe.value}\t"
+    columns = (
+        _open_time_texts(rows.open_time_ms[start:stop]), rows.open[start:stop], rows.high[start:stop],
+        rows.low[start:stop], rows.close[start:stop], rows.volume[start:stop], rows.quote_volume[start:stop],
+        rows.trades[start:stop],
+    )  # fmt: skip
+    ingested = now.isoformat()
+    if rows.imputed_inputs is None:
+        tail = f"\tt\tf\t0\t{rows.source}\t{ingested}\n"
+        lines = [
+            f"{head}{t}\t{o}\t{h}\t{low}\t{c}\t{v}\t{q}\t{n}{tail}"
+            for t, o, h, low, c, v, q, n in zip(*columns, strict=True)
+        ]
+    else:
+        tail = f"\t{rows.source}\t{ingested}\n"
+        lines = [
+            f"{head}{t}\t{o}\t{h}\t{low}\t{c}\t{v}\t{q}\t{n}\tt\t{'t' if i else 'f'}\t{i}{tail}"
+            for t, o, h, low, c, v, q, n, i in zip(*columns, rows.imputed_inputs[start:stop], strict=True)
+        ]
+    return "".join(lines).encode()
+
+
+def _rows_array_params(rows: CandleRows, now: datetime) -> dict[str, Any]:
+    """The parameters of `_INSERT_FROM_ARRAYS` for `rows`."""
+    count = len(rows)
+    return {
+        "symbol_id": [rows.symbol_id] * count,
+        "timeframe": [rows.timeframe.value] * count,
+        "open_ms": list(rows.open_time_ms),
+        "open": list(rows.open),
+        "high": list(rows.high),
+        "low": list(rows.low),
+        "close": list(rows.close),
+        "volume": list(rows.volume),
+        "quote_volume": list(rows.quote_volume),
+        "trades": list(rows.trades),
+        "imputed_inputs": [0] * count if rows.imputed_inputs is None else list(rows.imputed_inputs),
+        "source": [rows.source] * count,
+        "ingested_at": now,
+    }
 
 
 def _array_params(writes: Sequence[CandleWrite], now: datetime) -> dict[str, Any]:
@@ -312,10 +451,13 @@ def _array_params(writes: Sequence[CandleWrite], now: datetime) -> dict[str, Any
 
 
 def _upsert_postgresql_arrays(writes: Sequence[CandleWrite], now: datetime) -> int:
+    return _execute_arrays(_array_params(writes, now))
+
+
+def _execute_arrays(params: dict[str, Any]) -> int:
     # Django's own cursor binds parameters client-side, rendering every array element as SQL
     # text in Python; a psycopg cursor on the same connection binds them server-side (and
     # prepares the statement after a few runs). Errors still come out as Django's.
-    params = _array_params(writes, now)
     with connection.wrap_database_errors:
         connection.ensure_connection()
         raw = connection.connection

@@ -7,9 +7,10 @@ held as `Decimal` (which keeps the exponent, so "27450.12000000" formats back un
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -66,21 +67,42 @@ def _int(value: Any, field: str) -> int:
 
 def validate(kline: Kline) -> Kline:
     """Refuse what no real candle can be; return the kline unchanged otherwise."""
-    for field in ("open", "high", "low", "close"):
-        if getattr(kline, field) <= 0:
-            raise FrameError("non_positive_price", f"{kline.symbol} {field} is {getattr(kline, field)}")
-    if kline.high < kline.low:
-        raise FrameError("high_below_low", f"{kline.symbol} high {kline.high} < low {kline.low}")
-    if kline.high < max(kline.open, kline.close) or kline.low > min(kline.open, kline.close):
-        raise FrameError("ohlc_inconsistent", f"{kline.symbol} open/close outside [low, high]")
-    if kline.volume < 0 or kline.quote_volume < 0 or kline.trades < 0:
-        raise FrameError("negative_volume", f"{kline.symbol} volume, quote volume or trades below zero")
-    if not kline.timeframe.is_aligned(kline.open_time_ms):
+    check_values(
+        kline.symbol, kline.timeframe, kline.open_time_ms, kline.open, kline.high, kline.low, kline.close,
+        kline.volume, kline.quote_volume, kline.trades,
+    )  # fmt: skip
+    return kline
+
+
+def check_values(
+    symbol: str,
+    timeframe: Timeframe,
+    open_time_ms: int,
+    open: Decimal,
+    high: Decimal,
+    low: Decimal,
+    close: Decimal,
+    volume: Decimal,
+    quote_volume: Decimal,
+    trades: int,
+) -> None:
+    """The rules every candle from an exchange obeys, WebSocket or REST, one at a time or a page
+    at once (`FrameError` naming the first broken one): positive prices, low <= open and close
+    <= high, no negative volume or trade count, an open time on the timeframe's grid."""
+    for field, value in (("open", open), ("high", high), ("low", low), ("close", close)):
+        if value <= 0:
+            raise FrameError("non_positive_price", f"{symbol} {field} is {value}")
+    if high < low:
+        raise FrameError("high_below_low", f"{symbol} high {high} < low {low}")
+    if high < max(open, close) or low > min(open, close):
+        raise FrameError("ohlc_inconsistent", f"{symbol} open/close outside [low, high]")
+    if volume < 0 or quote_volume < 0 or trades < 0:
+        raise FrameError("negative_volume", f"{symbol} volume, quote volume or trades below zero")
+    if not timeframe.is_aligned(open_time_ms):
         raise FrameError(
             "misaligned_open_time",
-            f"{kline.symbol} {kline.timeframe} open time {kline.open_time_ms} is not on a bucket boundary",
+            f"{symbol} {timeframe} open time {open_time_ms} is not on a bucket boundary",
         )
-    return kline
 
 
 _TIMEFRAMES: dict[object, Timeframe] = {tf.value: tf for tf in Timeframe}
@@ -204,8 +226,41 @@ def _parse_ws_frame_carefully(raw: bytes | str) -> Kline | None:
     return validate(kline)
 
 
-def parse_rest_row(row: Any, *, symbol: str, timeframe: Timeframe, now_ms: int) -> Kline:
-    """A Binance /klines row `[t, o, h, l, c, v, T, q, n, …]` as a validated `Kline`.
+class RestRow(NamedTuple):
+    """One validated `/klines` row, the form both the `Kline` path and a backfill's bulk path
+    (`marketdata.core.backfill_pages.page_rows`) take from it.
+
+    The decimal fields are the text to store: the exchange's own string when it is plain (ASCII
+    digits and at most one point, which is what exchanges send: "27450.12000000"), otherwise the
+    `Decimal`'s `str()` ("1E-8" for " 1e-8"). Either is read by PostgreSQL's numeric input as
+    the same value with the same scale as the `Decimal`, and neither holds a character that
+    COPY's text format would need to escape.
+    """
+
+    open_time_ms: int
+    open: str
+    high: str
+    low: str
+    close: str
+    volume: str
+    quote_volume: str
+    trades: int
+    closed: bool
+
+
+_PLAIN_DECIMAL = re.compile(r"[0-9.]+")
+_REST_DECIMALS = ((1, "open"), (2, "high"), (3, "low"), (4, "close"), (5, "volume"), (7, "quote volume"))
+
+
+def decimal_text(raw: str, number: Decimal) -> str:
+    """What to store for `raw`, already read as `number`: see `RestRow`."""
+    return raw if _PLAIN_DECIMAL.fullmatch(raw) else str(number)
+
+
+def rest_row(row: Any, *, symbol: str, timeframe: Timeframe, now_ms: int) -> RestRow:
+    """A Binance /klines row `[t, o, h, l, c, v, T, q, n, …]`, validated (`FrameError` naming
+    what is wrong otherwise). The reference for every REST row: a faster path may accept a row
+    only if this one does, with the same result.
 
     A row whose bucket has not ended by `now_ms` (the exchange's clock) is the forming candle
     and comes back with ``closed=False``.
@@ -213,17 +268,26 @@ def parse_rest_row(row: Any, *, symbol: str, timeframe: Timeframe, now_ms: int) 
     if not isinstance(row, list | tuple) or len(row) < 9:
         raise FrameError("malformed_row", f"expected a list of at least 9 fields, got {str(row)[:60]}")
     open_time = _int(row[0], "open time")
-    kline = Kline(
-        symbol=symbol,
-        timeframe=timeframe,
-        open_time_ms=open_time,
-        open=_decimal(row[1], "open"),
-        high=_decimal(row[2], "high"),
-        low=_decimal(row[3], "low"),
-        close=_decimal(row[4], "close"),
-        volume=_decimal(row[5], "volume"),
-        quote_volume=_decimal(row[7], "quote volume"),
-        trades=_int(row[8], "trades"),
-        closed=open_time + timeframe.ms <= now_ms,
-    )
-    return validate(kline)
+    numbers = [_decimal(row[index], field) for index, field in _REST_DECIMALS]
+    trades = _int(row[8], "trades")
+    o, h, low, c, v, q = numbers
+    check_values(symbol, timeframe, open_time, o, h, low, c, v, q, trades)
+    return RestRow(
+        open_time, decimal_text(row[1], o), decimal_text(row[2], h), decimal_text(row[3], low),
+        decimal_text(row[4], c), decimal_text(row[5], v), decimal_text(row[7], q), trades,
+        open_time + timeframe.ms <= now_ms,
+    )  # fmt: skip
+
+
+def parse_rest_row(row: Any, *, symbol: str, timeframe: Timeframe, now_ms: int) -> Kline:
+    """A Binance /klines row `[t, o, h, l, c, v, T, q, n, …]` as a validated `Kline` (the rules of
+    `rest_row`).
+
+    A row whose bucket has not ended by `now_ms` (the exchange's clock) is the forming candle
+    and comes back with ``closed=False``.
+    """
+    r = rest_row(row, symbol=symbol, timeframe=timeframe, now_ms=now_ms)
+    return Kline(
+        symbol, timeframe, r.open_time_ms, Decimal(r.open), Decimal(r.high), Decimal(r.low), Decimal(r.close),
+        Decimal(r.volume), Decimal(r.quote_volume), r.trades, r.closed,
+    )  # fmt: skip

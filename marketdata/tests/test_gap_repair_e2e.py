@@ -7,6 +7,7 @@ set built here independently: plain Decimal arithmetic over the simulator's own 
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -69,10 +70,10 @@ def utc(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, tz=UTC)
 
 
-def expected_minutes(sim) -> dict[int, dict]:
+def expected_minutes(sim: SimExchangeThread) -> dict[int, dict[str, Any]]:
     """The simulator's 1m rows, with the minutes it lacks imputed from the previous close."""
     truth = {row[0]: row for row in truth_rows(sim, "BTCUSDT", "1m", FIRST, LAST)}
-    rows: dict[int, dict] = {}
+    rows: dict[int, dict[str, Any]] = {}
     previous = None
     for n in range((LAST - FIRST) // M + 1):
         t = FIRST + n * M
@@ -93,7 +94,7 @@ def expected_minutes(sim) -> dict[int, dict]:
     return rows
 
 
-def expected_buckets(minutes: dict[int, dict], timeframe: Timeframe) -> dict[int, tuple]:
+def expected_buckets(minutes: dict[int, dict[str, Any]], timeframe: Timeframe) -> dict[int, tuple[Any, ...]]:
     """Every complete bucket of `timeframe`, straight from the minutes (no resampling code)."""
     buckets: dict[int, list[int]] = {}
     for t in sorted(minutes):

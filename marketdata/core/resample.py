@@ -210,6 +210,80 @@ class FixedPointColumn:
             places=np.array(places, dtype=np.int16),
         )
 
+    @classmethod
+    def from_strings(cls, values: Sequence[str]) -> FixedPointColumn:
+        """`from_decimals` of the `Decimal`s of `values`, the same column, read without building
+        them when every value is plain ASCII digits with at most one point and at most 18 digits
+        (what PostgreSQL prints for a numeric, what exchanges send); otherwise through
+        `from_decimals`. The arithmetic is numpy's on the strings' code points, by chunks."""
+        count = len(values)
+        if count == 0:
+            return cls.from_decimals([])
+        parts = [
+            _plain_coefficients(values[start : start + _STRING_CHUNK])
+            for start in range(0, count, _STRING_CHUNK)
+        ]
+        if any(part is None for part in parts):
+            return cls.from_decimals([Decimal(value) for value in values])
+        coefficients = np.concatenate([part[0] for part in parts if part is not None])
+        places = np.concatenate([part[1] for part in parts if part is not None])
+        # The places a value needs: its own, less its coefficient's trailing zeros.
+        significant = places.astype(np.int64)
+        rest = coefficients.copy()
+        for _ in range(_INT64_DIGITS):
+            trailing = (rest != 0) & (rest % 10 == 0)
+            if not trailing.any():
+                break
+            rest[trailing] //= 10
+            significant[trailing] -= 1
+        nonzero = coefficients != 0
+        scale = max(0, int(significant[nonzero].max())) if nonzero.any() else 0
+        shift = scale - places.astype(np.int64)  # units = coefficient * 10**shift
+        if int(shift.max()) > _INT64_DIGITS - 1:
+            return cls.from_decimals([Decimal(value) for value in values])
+        up = shift >= 0
+        factor = 10 ** np.abs(shift)
+        if bool((coefficients[up] > _INT64_MAX // factor[up]).any()):
+            return cls.from_decimals([Decimal(value) for value in values])  # needs Python integers
+        units = np.where(up, coefficients * np.where(up, factor, 1), coefficients // np.where(up, 1, factor))
+        return cls(units=units.astype(np.int64), scale=scale, places=places.astype(np.int16))
+
+    def strings(self) -> list[str]:
+        """``format(d, "f")`` of every `Decimal` of `decimals()` (fixed point, no exponent, the
+        value's own places), built without them where numpy can: the text a bulk writer sends,
+        which PostgreSQL reads as the same numeric as ``str(d)``."""
+        count = len(self)
+        if count == 0:
+            return []
+        if self.units.dtype == object:
+            return [format(value, "f") for value in self.decimals()]
+        result: npt.NDArray[Any] = np.empty(count, dtype=object)
+        distinct = np.unique(self.places)
+        for places in distinct.tolist():
+            at = slice(None) if len(distinct) == 1 else np.flatnonzero(self.places == places)
+            units = self.units[at]
+            shift = places - self.scale
+            if places < 0 or places > _INT64_DIGITS - 1 or shift > _INT64_DIGITS - 1:
+                texts = [format(value, "f") for value in self.take(at).decimals()]
+            else:
+                if shift >= 0:
+                    if bool((units > _INT64_MAX // 10**shift).any()):
+                        result[at] = [format(value, "f") for value in self.take(at).decimals()]
+                        continue
+                    coefficients = units * 10**shift
+                else:
+                    coefficients = units // 10**-shift
+                if places == 0:
+                    texts = list(map(str, coefficients.tolist()))
+                else:
+                    whole, fraction = np.divmod(coefficients, 10**places)
+                    texts = list(map(f"{{}}.{{:0{places}d}}".format, whole.tolist(), fraction.tolist()))
+            if len(distinct) == 1:
+                return texts
+            result[at] = texts
+        strings: list[str] = result.tolist()
+        return strings
+
     def decimals(self) -> list[Decimal]:
         """The values as `Decimal`s, each with its own exponent: the edge back from fixed point."""
         scale = self.scale
@@ -430,6 +504,48 @@ def _runs(operation: np.ufunc, values: npt.NDArray[Any], ratio: int) -> npt.NDAr
     for offset in range(1, ratio):
         operation(folded, runs[:, offset], out=folded)
     return folded
+
+
+_INT64_DIGITS = 18  # every integer of up to 18 digits fits in int64
+_STRING_CHUNK = 65_536  # rows of code points at a time: bounded temporary arrays
+_CODE_ZERO, _CODE_NINE, _CODE_POINT = ord("0"), ord("9"), ord(".")
+
+
+def _plain_coefficients(
+    values: Sequence[str],
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]] | None:
+    """(coefficient, places) of each plain decimal string, or None if any is not plain (ASCII
+    digits, at most one point, at least one digit, at most 18 digits) or is not a `str`."""
+    if set(map(type, values)) != {str}:
+        return None
+    try:
+        text = np.array(values, dtype=np.str_)
+    except (TypeError, ValueError):
+        return None
+    width = text.dtype.itemsize // 4
+    codes = text.view(np.uint32).reshape(len(values), width).astype(np.int64)
+    lengths = (codes != 0).sum(axis=1)
+    # numpy drops trailing NULs and keeps inner ones: either way the counts then differ.
+    if int(lengths.sum()) != sum(map(len, values)):
+        return None
+    is_digit = (codes >= _CODE_ZERO) & (codes <= _CODE_NINE)
+    is_point = codes == _CODE_POINT
+    if bool(((codes != 0) & ~is_digit & ~is_point).any()):
+        return None
+    points = is_point.sum(axis=1)
+    digits = lengths - points
+    if bool((points > 1).any()) or bool((digits < 1).any()) or int(digits.max()) > _INT64_DIGITS:
+        return None
+    has_point = points == 1
+    where_point = np.where(has_point, is_point.argmax(axis=1), lengths)
+    places = lengths - 1 - where_point + ~has_point  # 0 without a point
+    column = np.arange(width)[np.newaxis, :]
+    # Each digit's power of ten: the digits to its right (the point is not one).
+    left_of_point = has_point[:, np.newaxis] & (column < where_point[:, np.newaxis])
+    power = lengths[:, np.newaxis] - 1 - column - left_of_point
+    power = np.where(is_digit, power, 0)
+    coefficients = (np.where(is_digit, codes - _CODE_ZERO, 0) * 10**power).sum(axis=1)
+    return coefficients.astype(np.int64), places.astype(np.int64)
 
 
 def _integer_array(values: list[int]) -> npt.NDArray[Any]:

@@ -468,3 +468,68 @@ def test_the_reference_itself_sees_digits():
     assert np.array_equal(
         CandleArrays.from_candles(M1, history).high.places, np.array([1, 2, 0], dtype=np.int16)
     )
+
+
+# Decimal strings of every form Decimal reads as a non-negative finite value: plain ones (as
+# PostgreSQL prints a numeric), long ones (past int64), exponents, and zeros with places.
+plain_decimal = st.from_regex(r"[0-9]{1,20}(\.[0-9]{0,12})?|\.[0-9]{1,12}", fullmatch=True)
+other_decimal = st.builds(
+    lambda digits, exponent: f"{digits}E{exponent:+d}", st.integers(0, 10**25), st.integers(-30, 5)
+)
+string_columns = st.lists(st.one_of(plain_decimal, plain_decimal, plain_decimal, other_decimal), max_size=30)
+
+
+def same_column(a: FixedPointColumn, b: FixedPointColumn) -> bool:
+    return (
+        a.scale == b.scale
+        and a.units.dtype == b.units.dtype
+        and a.units.tolist() == b.units.tolist()
+        and a.places.dtype == b.places.dtype
+        and a.places.tolist() == b.places.tolist()
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(string_columns)
+def test_a_column_from_strings_is_the_column_from_their_decimals(strings):
+    assert same_column(
+        FixedPointColumn.from_strings(strings), FixedPointColumn.from_decimals([Decimal(s) for s in strings])
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(string_columns)
+def test_strings_are_the_decimals_in_fixed_point(strings):
+    column = FixedPointColumn.from_decimals([Decimal(s) for s in strings])
+    assert column.strings() == [format(d, "f") for d in column.decimals()]
+
+
+@settings(max_examples=100, deadline=None)
+@given(histories(), st.sampled_from(TARGETS))
+def test_derived_strings_are_the_derived_decimals_in_fixed_point(history, target):
+    ordered = sorted(history, key=lambda c: c.open_time_ms)
+    derived = resample(CandleArrays.from_candles(M1, ordered), target)
+    for column in (
+        derived.open,
+        derived.high,
+        derived.low,
+        derived.close,
+        derived.volume,
+        derived.quote_volume,
+    ):
+        assert column.strings() == [format(d, "f") for d in column.decimals()]
+
+
+def test_strings_and_from_strings_at_the_edges():
+    assert FixedPointColumn.from_strings([]).strings() == []
+    column = FixedPointColumn.from_strings(["27450.12000000", "0", "0.00000000", "5.", "000123.40", ".5"])
+    assert column.strings() == ["27450.12000000", "0", "0.00000000", "5", "123.40", "0.5"]
+    big = FixedPointColumn.from_strings(["99999999999999999999.5", "1"])  # past int64: Python integers
+    assert big.units.dtype == object
+    assert big.strings() == ["99999999999999999999.5", "1"]
+    assert FixedPointColumn.from_decimals([Decimal("5E+2"), Decimal("0E+2")]).strings() == ["500", "0"]
+    with pytest.raises(ValueError, match="negative"):
+        FixedPointColumn.from_strings(["-1"])
+    # Inner and trailing NULs are not digits, whatever numpy makes of them.
+    with pytest.raises(decimal.InvalidOperation):
+        FixedPointColumn.from_strings(["1.5\x00"])

@@ -33,3 +33,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.skip(reason="needs PostgreSQL: set DATABASE_URL=postgres://..."))
         if "redis" in item.keywords and not has_redis:
             item.add_marker(pytest.mark.skip(reason="needs Redis: set REDIS_URL=redis://..."))
+
+
+@pytest.fixture
+def celery_inline(settings: object) -> object:
+    """Run Celery tasks in the calling process for this test, as the embedded default does,
+    even when REDIS_URL configures a broker (tests of what tasks do, not of their delivery;
+    delivery through Redis to a worker has its own tests)."""
+    from oasis_site.celery import app
+
+    previous = app.conf.task_always_eager
+    settings.CELERY_TASK_ALWAYS_EAGER = True  # type: ignore[attr-defined]
+    app.conf.task_always_eager = True
+    yield app
+    app.conf.task_always_eager = previous

@@ -19,7 +19,7 @@ from marketdata.simulator import SimConfig, SimExchangeThread
 from marketdata.tasks import gaps_scan_task
 from marketdata.tests.ingest_harness import sim_faults, truth_rows
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("celery_inline")]
 
 M = 60_000
 START = int(datetime(2024, 3, 1, 12, tzinfo=UTC).timestamp() * 1000)

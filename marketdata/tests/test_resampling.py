@@ -15,7 +15,7 @@ from marketdata.services import CandleWrite, candles_upsert_closed
 from marketdata.tasks import gaps_scan_task, resample_refresh, route_by_stream, stream_queue
 from marketdata.tests.factories import SymbolFactory, kline
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("celery_inline")]
 T0 = 1_677_628_800_000  # 2023-03-01 00:00 UTC
 M = 60_000
 

@@ -27,7 +27,7 @@ from rules.engine.spec import parse_spec
 from rules.models import Signal
 from rules.services import rule_config_create, rule_version_activate
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("celery_inline")]
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "binanceus-BTCUSDT-1m-2023-03-01_21.csv"
 ROWS = 1500

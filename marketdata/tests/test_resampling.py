@@ -7,6 +7,8 @@ from decimal import Decimal
 import pytest
 from django.utils import timezone
 
+from marketdata import resampling
+from marketdata.core.resample import CandleArrays, ClosedCandle, resample_history
 from marketdata.core.timeframes import Timeframe
 from marketdata.gaps import gaps_due, gaps_scan
 from marketdata.models import Candle, Gap
@@ -190,3 +192,127 @@ def test_the_default_map_leaves_out_what_the_exchange_serves(settings):
     desk = {(Timeframe.M1, Timeframe.M3), (Timeframe.M1, Timeframe.M10), (Timeframe.M5, Timeframe.M10)}
     assert set(derivations("binance")) == desk | {(Timeframe.H1, Timeframe.H4)}  # it streams 5m, 15m, 1h
     assert len(derivations()) == 7  # no exchange named: everything any exchange may need
+
+
+def stored_values(symbol_id: int, timeframe: Timeframe) -> list[tuple[object, ...]]:
+    """Every stored column that a refresh sets, decimals as their exact digits."""
+    return [
+        (
+            int(c.open_time.timestamp() * 1000),
+            *(format(getattr(c, f), "f") for f in DECIMALS),
+            c.trade_count,
+            c.is_imputed,
+            c.imputed_inputs,
+            c.source,
+        )
+        for c in derived(symbol_id, timeframe)
+    ]
+
+
+DECIMALS = ("open", "high", "low", "close", "volume", "quote_volume")
+
+
+def reference_values(symbol_id: int, history: list[ClosedCandle], derivation_map) -> dict:  # type: ignore[no-untyped-def]
+    """What the one aggregation gives over the whole history, in the stored form."""
+    arrays = resample_history(CandleArrays.from_candles(Timeframe.M1, history), derivation_map)
+    by_target: dict[Timeframe, list[tuple[object, ...]]] = {}
+    for (_, target), result in arrays.items():
+        by_target.setdefault(
+            target,
+            [
+                (
+                    c.open_time_ms,
+                    *(format(getattr(c, f), "f") for f in DECIMALS),
+                    c.trades,
+                    c.imputed_inputs > 0,
+                    c.imputed_inputs,
+                    "resampled",
+                )
+                for c in result.to_candles()
+            ],
+        )
+    return by_target
+
+
+@pytest.mark.parametrize("query_max_rows", [2000, 0])  # read by COPY or by query on PostgreSQL
+def test_a_long_refresh_equals_the_aggregation_of_the_whole_history(settings, monkeypatch, query_max_rows):
+    monkeypatch.setattr(resampling, "_QUERY_MAX_ROWS", query_max_rows)
+    symbol = SymbolFactory.create()
+    writes = [
+        minute(symbol.pk, n, close=f"{100 + (n * 7919) % 97}.{n % 10}{'0' * (n % 3)}", imputed=n % 37 == 5)
+        for n in range(3 * 240 + 17)
+    ]
+    candles_upsert_closed(writes=writes)
+    history = [ClosedCandle.from_kline(w.kline, imputed=w.imputed) for w in writes]
+    written = derived_candles_refresh(
+        symbol_id=symbol.pk, timeframe=Timeframe.M1, first_ms=T0, last_ms=T0 + (len(writes) - 1) * M
+    )
+    expected = reference_values(symbol.pk, history, settings.OASIS_DERIVATIONS)
+    for target, rows in expected.items():
+        assert stored_values(symbol.pk, target) == rows, target
+    assert written == sum(len(rows) for rows in expected.values())
+    # Again: nothing to write, the same rows.
+    assert (
+        derived_candles_refresh(
+            symbol_id=symbol.pk, timeframe=Timeframe.M1, first_ms=T0, last_ms=T0 + (len(writes) - 1) * M
+        )
+        == 0
+    )
+    for target, rows in expected.items():
+        assert stored_values(symbol.pk, target) == rows, target
+
+
+def test_a_cascade_reads_the_stored_candles_at_its_ends_and_what_it_did_not_write(settings):
+    settings.OASIS_DERIVATIONS = ((Timeframe.M1, Timeframe.M5), (Timeframe.M5, Timeframe.M10))
+    symbol = SymbolFactory.create()
+    candles_upsert_closed(writes=[minute(symbol.pk, n, close=f"{100 + n}.0") for n in range(20)])
+    # A 5m candle from the exchange itself where the refresh would derive one: it stays, and the
+    # 10m candle is derived from it, as from anything stored.
+    own = kline(
+        open_time_ms=T0,
+        o="100.0",
+        h="150.0",
+        low="99.0",
+        c="104.0",
+        v="1",
+        q="2",
+        n=1,
+        timeframe=Timeframe.M5,
+    )
+    candles_upsert_closed(writes=[CandleWrite(symbol.pk, own, "rest")])
+    derived_candles_refresh(symbol_id=symbol.pk, timeframe=Timeframe.M1, first_ms=T0, last_ms=T0 + 19 * M)
+    assert format(derived(symbol.pk, Timeframe.M5)[0].high, "f") == "150.0"
+    assert [format(c.high, "f") for c in derived(symbol.pk, Timeframe.M10)] == ["150.0", "121.0"]
+    assert derived(symbol.pk, Timeframe.M5)[0].source == "rest"
+    # A refresh of minutes 15…19 only: its 5m bucket is [15, 20), the 10m one [10, 20) also needs
+    # the 5m candle at 10, stored before and read back.
+    Candle.objects.filter(timeframe__in=["5m", "10m"], source="resampled").delete()
+    derived_candles_refresh(
+        symbol_id=symbol.pk, timeframe=Timeframe.M1, first_ms=T0 + 15 * M, last_ms=T0 + 19 * M
+    )
+    assert [c.open_time.minute for c in derived(symbol.pk, Timeframe.M10)] == []  # 5m at 10 is missing
+    derived_candles_refresh(
+        symbol_id=symbol.pk, timeframe=Timeframe.M1, first_ms=T0 + 10 * M, last_ms=T0 + 14 * M
+    )
+    assert [c.open_time.minute for c in derived(symbol.pk, Timeframe.M10)] == [10]
+    assert format(derived(symbol.pk, Timeframe.M10)[0].volume, "f") == "160.0"  # 11.5 + … + 20.5
+
+
+def test_one_bucket_after_a_live_close_reads_and_writes_a_handful_of_rows():
+    symbol = SymbolFactory.create()
+    candles_upsert_closed(writes=[minute(symbol.pk, n, source="ws") for n in range(10)])
+    collected: list[CandleWrite] = []
+    written = derived_candles_refresh(
+        symbol_id=symbol.pk,
+        timeframe=Timeframe.M1,
+        first_ms=T0 + 9 * M,
+        last_ms=T0 + 9 * M,
+        collect=collected,
+    )
+    # 5m at minute 5 and 10m at 0 (3m at minute 9 is incomplete).
+    assert written == 2
+    assert [(w.kline.timeframe, w.kline.open_time_ms) for w in collected] == [
+        (Timeframe.M5, T0 + 5 * M),
+        (Timeframe.M10, T0),  # from 5m it needs the 5m candle at 0, never derived here
+    ]
+    assert all(w.source == "resampled" and w.kline.closed for w in collected)

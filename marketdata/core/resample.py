@@ -263,7 +263,7 @@ class FixedPointColumn:
             at = slice(None) if len(distinct) == 1 else np.flatnonzero(self.places == places)
             units = self.units[at]
             shift = places - self.scale
-            if places < 0 or places > _INT64_DIGITS - 1 or shift > _INT64_DIGITS - 1:
+            if places < 0 or places > _INT64_DIGITS - 1 or abs(shift) > _INT64_DIGITS - 1:
                 texts = [format(value, "f") for value in self.take(at).decimals()]
             else:
                 if shift >= 0:

@@ -533,3 +533,5 @@ def test_strings_and_from_strings_at_the_edges():
     # Inner and trailing NULs are not digits, whatever numpy makes of them.
     with pytest.raises(decimal.InvalidOperation):
         FixedPointColumn.from_strings(["1.5\x00"])
+    # Places and scale far apart: past what int64 powers of ten hold.
+    assert FixedPointColumn.from_strings(["1E-19", "0"]).strings() == ["0.0000000000000000001", "0"]

@@ -116,14 +116,20 @@ def derived_candles_refresh(
     mapping = derivations(Symbol.objects.values_list("exchange", flat=True).get(pk=symbol_id))
     while pending:
         source, first, last, known = pending.pop(0)
-        for source_of, target in mapping:
-            if source_of != source:
-                continue
-            start = target.bucket_start(first)
-            end = target.bucket_start(last) + target.ms  # exclusive
-            derived = _resampled(
-                symbol_id, source, target, _source_rows(symbol_id, source, start, end, known)
+        targets = [target for source_of, target in mapping if source_of == source]
+        if not targets:
+            continue
+        # One read and one conversion of the source candles for all its targets: a column's
+        # digits, and so the derived ones, do not depend on what else is in it (decision 0013).
+        start = min(target.bucket_start(first) for target in targets)
+        end = max(target.bucket_start(last) + target.ms for target in targets)  # exclusive
+        arrays = _arrays(source, _source_rows(symbol_id, source, start, end, known))
+        for target in targets:
+            window = slice(
+                int(np.searchsorted(arrays.open_time_ms, target.bucket_start(first))),
+                int(np.searchsorted(arrays.open_time_ms, target.bucket_start(last) + target.ms)),
             )
+            derived = _resampled(symbol_id, target, arrays.take(window))
             if not len(derived):
                 continue
             count = candles_upsert_rows(rows=derived)
@@ -190,12 +196,16 @@ def _source_rows(
 _READ_TEXT = (
     "SELECT (extract(epoch FROM open_time) * 1000)::int8, open::text, high::text, low::text, close::text, "
     "volume::text, quote_volume::text, trade_count, imputed_inputs FROM marketdata_candle "
-    "WHERE symbol_id = {symbol_id} AND timeframe = '{timeframe}' AND open_time >= {start} "
-    "AND open_time < {end} ORDER BY open_time"
+    "WHERE symbol_id = %s AND timeframe = %s AND open_time >= %s AND open_time < %s ORDER BY open_time"
 )
-# Up to this many candles a plain query; more go through COPY … TO STDOUT, whose text is split
-# in C instead of row by row.
-_QUERY_MAX_ROWS = 2000
+# Long ranges come back as one text value, the rows' fields joined by spaces (numbers only, so
+# nothing else holds one), split in C: a year costs a second less than a row at a time.
+_READ_JOINED = (
+    "SELECT count(*), string_agg(concat_ws(' ', (extract(epoch FROM open_time) * 1000)::int8, open, high, "
+    "low, close, volume, quote_volume, trade_count, imputed_inputs), ' ' ORDER BY open_time) "
+    "FROM marketdata_candle WHERE symbol_id = %s AND timeframe = %s AND open_time >= %s AND open_time < %s"
+)
+_QUERY_MAX_ROWS = 2000  # up to this many candles, a plain query
 
 
 def _read_rows(symbol_id: int, source: Timeframe, start: int, end: int) -> _SourceRows:
@@ -203,24 +213,20 @@ def _read_rows(symbol_id: int, source: Timeframe, start: int, end: int) -> _Sour
         return _SourceRows([], [], [], [], [], [], [], [], [])
     if connection.vendor != "postgresql":
         return _read_rows_orm(symbol_id, source, start, end)
-    # Only integers and a known timeframe word are put in the statement (COPY takes no bound
-    # parameters), so nothing needs quoting.
-    statement = _READ_TEXT.format(
-        symbol_id=int(symbol_id),
-        timeframe=Timeframe(source).value,
-        start=f"'epoch'::timestamptz + {int(start)} * interval '1 millisecond'",
-        end=f"'epoch'::timestamptz + {int(end)} * interval '1 millisecond'",
-    )
+    params = [symbol_id, source.value, _utc(start), _utc(end)]
     with connection.cursor() as cursor:
         if (end - start) // source.ms <= _QUERY_MAX_ROWS:
-            cursor.execute(statement)
+            cursor.execute(_READ_TEXT, params)
             rows = cursor.fetchall()
             if not rows:
                 return _SourceRows([], [], [], [], [], [], [], [], [])
             t, o, h, low, c, v, q, n, imputed = (list(column) for column in zip(*rows, strict=True))
             return _SourceRows(t, o, h, low, c, v, q, n, imputed)
-        with cursor.cursor.copy(f"COPY ({statement}) TO STDOUT") as copy:
-            fields = b"".join(bytes(block) for block in copy).decode().split()
+        cursor.execute(_READ_JOINED, params)
+        count, joined = cursor.fetchone()
+    fields = joined.split(" ") if count else []
+    if len(fields) != 9 * count:
+        raise RuntimeError(f"read {len(fields)} fields for {count} candles")  # cannot happen: numbers only
     return _SourceRows(
         list(map(int, fields[0::9])), fields[1::9], fields[2::9], fields[3::9], fields[4::9], fields[5::9],
         fields[6::9], list(map(int, fields[7::9])), list(map(int, fields[8::9])),
@@ -251,23 +257,24 @@ _SOURCE_FIELDS = (
 )  # fmt: skip
 
 
-def _resampled(symbol_id: int, source: Timeframe, target: Timeframe, rows: _SourceRows) -> CandleRows:
-    """The complete `target` buckets of `rows`, by the one aggregation (`resample`)."""
-    derived = resample(
-        CandleArrays(
-            timeframe=source,
-            open_time_ms=np.array(rows.open_time_ms, dtype=np.int64),
-            open=FixedPointColumn.from_strings(rows.open),
-            high=FixedPointColumn.from_strings(rows.high),
-            low=FixedPointColumn.from_strings(rows.low),
-            close=FixedPointColumn.from_strings(rows.close),
-            volume=FixedPointColumn.from_strings(rows.volume),
-            quote_volume=FixedPointColumn.from_strings(rows.quote_volume),
-            trades=np.array(rows.trades, dtype=np.int64),
-            imputed_inputs=np.array(rows.imputed_inputs, dtype=np.int64),
-        ),
-        target,
+def _arrays(source: Timeframe, rows: _SourceRows) -> CandleArrays:
+    return CandleArrays(
+        timeframe=source,
+        open_time_ms=np.array(rows.open_time_ms, dtype=np.int64),
+        open=FixedPointColumn.from_strings(rows.open),
+        high=FixedPointColumn.from_strings(rows.high),
+        low=FixedPointColumn.from_strings(rows.low),
+        close=FixedPointColumn.from_strings(rows.close),
+        volume=FixedPointColumn.from_strings(rows.volume),
+        quote_volume=FixedPointColumn.from_strings(rows.quote_volume),
+        trades=np.array(rows.trades, dtype=np.int64),
+        imputed_inputs=np.array(rows.imputed_inputs, dtype=np.int64),
     )
+
+
+def _resampled(symbol_id: int, target: Timeframe, source: CandleArrays) -> CandleRows:
+    """The complete `target` buckets of `source`, by the one aggregation (`resample`)."""
+    derived = resample(source, target)
     return CandleRows(
         symbol_id, target, Candle.Source.RESAMPLED.value, derived.open_time_ms.tolist(),
         derived.open.strings(), derived.high.strings(), derived.low.strings(), derived.close.strings(),

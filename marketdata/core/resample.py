@@ -508,44 +508,47 @@ def _runs(operation: np.ufunc, values: npt.NDArray[Any], ratio: int) -> npt.NDAr
 
 _INT64_DIGITS = 18  # every integer of up to 18 digits fits in int64
 _STRING_CHUNK = 65_536  # rows of code points at a time: bounded temporary arrays
-_CODE_ZERO, _CODE_NINE, _CODE_POINT = ord("0"), ord("9"), ord(".")
+_CODE_ZERO, _CODE_NINE, _CODE_POINT, _CODE_NEWLINE = ord("0"), ord("9"), ord("."), ord("\n")
 
 
 def _plain_coefficients(
     values: Sequence[str],
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]] | None:
     """(coefficient, places) of each plain decimal string, or None if any is not plain (ASCII
-    digits, at most one point, at least one digit, at most 18 digits) or is not a `str`."""
-    if set(map(type, values)) != {str}:
-        return None
+    digits, at most one point, at least one digit, at most 18 digits) or is not a `str`.
+
+    Worked on the bytes of the strings joined by newlines, so nothing is done per string in
+    Python: each digit's power of ten is the count of digits after it in its own string.
+    """
     try:
-        text = np.array(values, dtype=np.str_)
-    except (TypeError, ValueError):
+        joined = np.frombuffer("\n".join(values).encode("ascii"), dtype=np.uint8)
+    except (TypeError, UnicodeEncodeError):
         return None
-    width = text.dtype.itemsize // 4
-    codes = text.view(np.uint32).reshape(len(values), width).astype(np.int64)
-    lengths = (codes != 0).sum(axis=1)
-    # numpy drops trailing NULs and keeps inner ones: either way the counts then differ.
-    if int(lengths.sum()) != sum(map(len, values)):
+    is_newline = joined == _CODE_NEWLINE
+    is_point = joined == _CODE_POINT
+    is_digit = (joined >= _CODE_ZERO) & (joined <= _CODE_NINE)
+    if not bool((is_newline | is_point | is_digit).all()):
         return None
-    is_digit = (codes >= _CODE_ZERO) & (codes <= _CODE_NINE)
-    is_point = codes == _CODE_POINT
-    if bool(((codes != 0) & ~is_digit & ~is_point).any()):
-        return None
-    points = is_point.sum(axis=1)
-    digits = lengths - points
+    count = len(values)
+    if int(is_newline.sum()) != count - 1:
+        return None  # a newline inside a string
+    owner = np.cumsum(is_newline)  # the string each byte belongs to (a newline: the next one)
+    ends = np.append(np.flatnonzero(is_newline), len(joined))  # exclusive
+    points = np.bincount(owner[is_point], minlength=count)
+    digits = np.bincount(owner[is_digit], minlength=count)
     if bool((points > 1).any()) or bool((digits < 1).any()) or int(digits.max()) > _INT64_DIGITS:
         return None
-    has_point = points == 1
-    where_point = np.where(has_point, is_point.argmax(axis=1), lengths)
-    places = lengths - 1 - where_point + ~has_point  # 0 without a point
-    column = np.arange(width)[np.newaxis, :]
-    # Each digit's power of ten: the digits to its right (the point is not one).
-    left_of_point = has_point[:, np.newaxis] & (column < where_point[:, np.newaxis])
-    power = lengths[:, np.newaxis] - 1 - column - left_of_point
-    power = np.where(is_digit, power, 0)
-    coefficients = (np.where(is_digit, codes - _CODE_ZERO, 0) * 10**power).sum(axis=1)
-    return coefficients.astype(np.int64), places.astype(np.int64)
+    places = np.zeros(count, dtype=np.int64)
+    at_point = np.flatnonzero(is_point)
+    places[owner[at_point]] = ends[owner[at_point]] - at_point - 1
+    where = np.flatnonzero(is_digit)
+    first_digit = np.concatenate(([0], np.cumsum(digits)[:-1]))  # ordinal of each string's first digit
+    after = (first_digit + digits - 1)[owner[where]] - np.arange(len(where))  # digits after this one
+    terms = (joined[where].astype(np.int64) - _CODE_ZERO) * _POWERS_OF_TEN[after]
+    return np.add.reduceat(terms, first_digit), places
+
+
+_POWERS_OF_TEN = np.array([10**power for power in range(_INT64_DIGITS)], dtype=np.int64)
 
 
 def _integer_array(values: list[int]) -> npt.NDArray[Any]:

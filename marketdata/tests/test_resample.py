@@ -531,7 +531,9 @@ def test_strings_and_from_strings_at_the_edges():
     with pytest.raises(ValueError, match="negative"):
         FixedPointColumn.from_strings(["-1"])
     # Inner and trailing NULs are not digits, whatever numpy makes of them.
-    with pytest.raises(decimal.InvalidOperation):
-        FixedPointColumn.from_strings(["1.5\x00"])
+    for odd in (["1.5\x00"], ["1\n2"], ["1.5", ""], ["."], ["1.2.3"]):
+        with pytest.raises(decimal.InvalidOperation):
+            FixedPointColumn.from_strings(odd)
+    assert same_column(FixedPointColumn.from_strings(["٣"]), FixedPointColumn.from_decimals([Decimal(3)]))
     # Places and scale far apart: past what int64 powers of ten hold.
     assert FixedPointColumn.from_strings(["1E-19", "0"]).strings() == ["0.0000000000000000001", "0"]

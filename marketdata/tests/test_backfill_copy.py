@@ -105,7 +105,8 @@ STORED_TEXT = (
 def stored_text(symbol_id: int) -> list[tuple[Any, ...]]:
     with connection.cursor() as cursor:
         cursor.execute(STORED_TEXT, [symbol_id])
-        return cursor.fetchall()
+        rows: list[tuple[Any, ...]] = cursor.fetchall()
+    return rows
 
 
 @pytest.mark.parametrize("arrays_max_rows", [0, 2000])  # the COPY path and the arrays path
@@ -168,7 +169,10 @@ def test_rows_keep_the_upsert_rule(monkeypatch):
     assert (kept.source, format(kept.close, "f")) == ("ws", "23160.47000000")
     replaced = Candle.objects.get(open_time__minute=4)
     assert (replaced.source, replaced.is_imputed, format(replaced.close, "f")) == ("rest", False, "23150.50")
+    twice = ["1", "1"]
     with pytest.raises(ValueError, match="strictly increasing"):
         candles_upsert_rows(
-            rows=CandleRows(symbol.pk, Timeframe.M1, "rest", [T0, T0], *([["1"] * 2] * 6), [0, 0])
+            rows=CandleRows(
+                symbol.pk, Timeframe.M1, "rest", [T0, T0], twice, twice, twice, twice, twice, twice, [0, 0]
+            )
         )

@@ -3,6 +3,7 @@ backfill replaces imputed inputs, the same whichever way they are derived; the g
 
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 import pytest
 from django.utils import timezone
@@ -212,7 +213,9 @@ def stored_values(symbol_id: int, timeframe: Timeframe) -> list[tuple[object, ..
 DECIMALS = ("open", "high", "low", "close", "volume", "quote_volume")
 
 
-def reference_values(symbol_id: int, history: list[ClosedCandle], derivation_map) -> dict:  # type: ignore[no-untyped-def]
+def reference_values(
+    symbol_id: int, history: list[ClosedCandle], derivation_map: Any
+) -> dict[Timeframe, list[tuple[object, ...]]]:
     """What the one aggregation gives over the whole history, in the stored form."""
     arrays = resample_history(CandleArrays.from_candles(Timeframe.M1, history), derivation_map)
     by_target: dict[Timeframe, list[tuple[object, ...]]] = {}

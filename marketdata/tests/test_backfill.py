@@ -5,7 +5,6 @@ retry, 429 + Retry-After, bad input, dry runs."""
 import time
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import ccxt
@@ -26,13 +25,14 @@ from marketdata.ingest.rest import ccxt_client
 from marketdata.models import Candle, Gap, Symbol
 from marketdata.simulator import SimConfig, SimExchangeThread
 from marketdata.tests.ingest_harness import sim_faults, stored_rows, truth_rows
+from marketdata.tests.shared_data import REAL_CANDLES_CSV
 
 pytestmark = pytest.mark.django_db
 
 MINUTE = 60_000
 START = int(datetime(2024, 3, 1, 12, tzinfo=UTC).timestamp() * 1000)
 FIRST = START - 3 * 1440 * MINUTE  # the simulator's first candle (history 3 days, 4h-aligned)
-REPLAY_CSV = Path("/work/shared/data/binanceus-BTCUSDT-1m-2023-03-01_21.csv")
+REPLAY_CSV = REAL_CANDLES_CSV
 
 
 def at(minutes: int) -> datetime:

@@ -3,7 +3,6 @@ progress bar on a terminal, dry runs."""
 
 import io
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 from django.core.management import call_command
@@ -14,12 +13,13 @@ from marketdata.management.commands.backfill import _ProgressBar
 from marketdata.models import Candle
 from marketdata.simulator import SimConfig, SimExchangeThread
 from marketdata.tests.ingest_harness import sim_faults
+from marketdata.tests.shared_data import REAL_CANDLES_CSV
 
 pytestmark = pytest.mark.django_db
 
 MINUTE = 60_000
 START = int(datetime(2024, 3, 1, 12, tzinfo=UTC).timestamp() * 1000)
-REPLAY_CSV = Path("/work/shared/data/binanceus-BTCUSDT-1m-2023-03-01_21.csv")
+REPLAY_CSV = REAL_CANDLES_CSV
 
 
 @pytest.fixture(scope="module")

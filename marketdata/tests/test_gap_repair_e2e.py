@@ -6,7 +6,6 @@ set built here independently: plain Decimal arithmetic over the simulator's own 
 
 from datetime import UTC, datetime
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,6 +17,7 @@ from marketdata.resampling import derived_candles_refresh
 from marketdata.simulator import SimConfig, SimExchangeThread
 from marketdata.tasks import gaps_scan_task
 from marketdata.tests.ingest_harness import sim_faults, truth_rows
+from marketdata.tests.shared_data import REAL_CANDLES_CSV
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("celery_inline")]
 
@@ -25,9 +25,7 @@ M = 60_000
 START = int(datetime(2024, 3, 1, 12, tzinfo=UTC).timestamp() * 1000)
 FIRST = START - 1440 * M  # the simulator's first candle: one day of history
 LAST = START - 2 * M  # the newest closed minute used here (the simulator's clock runs on)
-REPLAY_CSV = (
-    Path(__file__).resolve().parents[3] / "shared" / "data" / "binanceus-BTCUSDT-1m-2023-03-01_21.csv"
-)
+REPLAY_CSV = REAL_CANDLES_CSV
 DERIVED = (Timeframe.M3, Timeframe.M5, Timeframe.M10, Timeframe.M15, Timeframe.H1, Timeframe.H4)
 # Minutes removed from the store (offsets from FIRST), and those of them the exchange lacks too.
 REMOVED = [*range(7, 12), 100, 101, *range(300, 361), 719, 1000, *range(1200, 1203)]

@@ -10,15 +10,15 @@ from __future__ import annotations
 import csv
 from datetime import datetime
 from decimal import Decimal
-from pathlib import Path
 
 import pandas as pd  # type: ignore[import-untyped]  # pandas ships no type information
 import pytest
 
 from marketdata.core.resample import CandleArrays, ClosedCandle, resample, resample_history
 from marketdata.core.timeframes import Timeframe
+from marketdata.tests.shared_data import SHARED_DATA
 
-DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
+DATA = SHARED_DATA
 CSV = DATA / "binanceus-BTCUSDT-1m-2023-03-01_21.csv"
 
 pytestmark = pytest.mark.skipif(

@@ -3,7 +3,6 @@ faults, clock and configuration (no sockets, no Django)."""
 
 from datetime import UTC, datetime
 from decimal import Decimal
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -41,11 +40,12 @@ from marketdata.simulator.series import (
 from marketdata.simulator.symbols import build_symbols, generated_names, split_symbol
 from marketdata.simulator.units import format_units, parse_units
 from marketdata.simulator.weights import WeightLimiter, request_weight
+from marketdata.tests.shared_data import REAL_CANDLES_CSV
 
 DAY_MS = 1440 * MINUTE_MS
 HISTORY_START = int(datetime(2024, 3, 1, tzinfo=UTC).timestamp() * 1000)
 NOW = HISTORY_START + 2 * DAY_MS + 7 * 60 * MINUTE_MS + 17 * MINUTE_MS + 23_456
-REPLAY_CSV = Path("/work/shared/data/binanceus-BTCUSDT-1m-2023-03-01_21.csv")
+REPLAY_CSV = REAL_CANDLES_CSV
 SYMBOLS = build_symbols(generated_names(16), seed=7)
 
 

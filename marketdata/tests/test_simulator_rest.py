@@ -7,7 +7,6 @@ import hmac
 import time
 from datetime import UTC, datetime
 from decimal import Decimal
-from pathlib import Path
 from urllib.parse import urlencode
 
 import aiohttp
@@ -17,9 +16,10 @@ import pytest_asyncio
 
 from marketdata.simulator import SimConfig, SimExchange
 from marketdata.simulator.intervals import MINUTE_MS
+from marketdata.tests.shared_data import REAL_CANDLES_CSV
 
 START = int(datetime(2024, 3, 1, 12, tzinfo=UTC).timestamp() * 1000)
-REPLAY_CSV = Path("/work/shared/data/binanceus-BTCUSDT-1m-2023-03-01_21.csv")
+REPLAY_CSV = REAL_CANDLES_CSV
 SYMBOLS = ("BTCUSDT", "ETHUSDT", "SIM0001USDT")
 
 

@@ -6,7 +6,6 @@ import csv
 import dataclasses
 from datetime import datetime
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
 from asgiref.sync import async_to_sync
@@ -20,6 +19,7 @@ from marketdata.core.timeframes import Timeframe
 from marketdata.events import ClosedCandle, candles_closed
 from marketdata.services import CandleWrite, candles_upsert_closed
 from marketdata.tests.factories import SymbolFactory
+from marketdata.tests.shared_data import REAL_CANDLES_CSV
 from rules import evaluation
 from rules.engine.base import CandleSeries
 from rules.engine.evaluator import PairState, RuleProgram, offline_signals
@@ -29,7 +29,7 @@ from rules.services import rule_config_create, rule_version_activate
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("celery_inline")]
 
-DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "binanceus-BTCUSDT-1m-2023-03-01_21.csv"
+DATA = REAL_CANDLES_CSV
 ROWS = 1500
 SPEC = {
     "timeframes": ["1m"],

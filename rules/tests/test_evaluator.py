@@ -2,16 +2,16 @@
 history at once (offline), on real candles, for every indicator kind; warm-up holds signals back."""
 
 import csv
-from pathlib import Path
 
 import pytest
 
 from marketdata.core.timeframes import Timeframe
+from marketdata.tests.shared_data import REAL_CANDLES_CSV
 from rules.engine.base import CandleSeries
 from rules.engine.evaluator import ENTER, EXIT, RuleProgram, offline_signals
 from rules.engine.spec import parse_spec
 
-DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "binanceus-BTCUSDT-1m-2023-03-01_21.csv"
+DATA = REAL_CANDLES_CSV
 
 BASE = {
     "timeframes": ["1m"],

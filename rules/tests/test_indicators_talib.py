@@ -13,7 +13,6 @@ from __future__ import annotations
 import csv
 from collections.abc import Callable
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,6 +21,7 @@ import pytest
 import talib
 from talib._ta_lib import MA_Type  # the stubs export it from here only
 
+from marketdata.tests.shared_data import SHARED_DATA
 from rules.engine.indicators import (
     Adx,
     Atr,
@@ -36,7 +36,7 @@ from rules.engine.indicators import (
     Vwap,
 )
 
-DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
+DATA = SHARED_DATA
 CSV = DATA / "binanceus-BTCUSDT-1m-2023-03-01_21.csv"
 
 pytestmark = pytest.mark.skipif(

@@ -20,6 +20,7 @@ pytestmark = pytest.mark.django_db
         ),
         ({"timeframes": " , "}, r"--timeframes names no timeframe"),
         ({"symbols": "BTCUSDT,NOPEUSDT"}, r"unknown sim symbol\(s\): NOPEUSDT; known: BTCUSDT, ETHUSDT"),
+        ({"symbols": " , "}, r"unknown sim symbol\(s\): \(none given\); known: BTCUSDT, ETHUSDT"),
         ({"lookback": -1}, r"--lookback must be 0 or more"),
     ],
 )

@@ -7,9 +7,10 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser, OutputWrapper
 
 from marketdata.backfill import BackfillFailed, BackfillInputError, BackfillResult, backfill_range
-from marketdata.core.timeframes import Timeframe
-from marketdata.exchanges import PROFILES, ExchangeProfile, exchange_profile
-from marketdata.selectors import symbol_ids_by_name
+from marketdata.exchanges import PROFILES, exchange_profile
+from marketdata.management.options import symbols_option, timeframes_option
+
+NOT_SERVED = "{exchange} does not serve {name} candles (they are derived by resampling); valid: "
 
 
 class Command(BaseCommand):
@@ -38,8 +39,8 @@ class Command(BaseCommand):
             profile = exchange_profile(options["exchange"], overrides=settings.OASIS_EXCHANGE_URLS)
         except ValueError as exc:
             raise CommandError(str(exc)) from None
-        timeframes = self._timeframes(profile, options["timeframes"])
-        symbols = self._symbols(profile, options["symbols"])
+        timeframes = timeframes_option(profile, options["timeframes"], refusal=NOT_SERVED)
+        symbols = list(symbols_option(profile, options["symbols"]))
         since = _moment(options["since"], "--since")
         until = None if options["until"] is None else _moment(options["until"], "--until")
         if until is not None and until < since:
@@ -69,44 +70,6 @@ class Command(BaseCommand):
                     if bar is not None:
                         bar.end()
                 self.stdout.write(_summary(result))
-
-    def _timeframes(self, profile: ExchangeProfile, text: str) -> list[Timeframe]:
-        served = [tf for tf in Timeframe if tf in profile.streamed_timeframes]
-        chosen = []
-        for name in (part.strip() for part in text.split(",") if part.strip()):
-            try:
-                timeframe = Timeframe.parse(name)
-            except ValueError as exc:
-                raise CommandError(str(exc)) from None
-            if timeframe not in profile.streamed_timeframes:
-                raise CommandError(
-                    f"{profile.name} does not serve {name} candles (they are derived by resampling); "
-                    f"valid: {', '.join(tf.value for tf in served)}"
-                )
-            chosen.append(timeframe)
-        if not chosen:
-            raise CommandError("--timeframes names no timeframe")
-        return chosen
-
-    def _symbols(self, profile: ExchangeProfile, text: str) -> list[str]:
-        known = sorted(symbol_ids_by_name(exchange=profile.name))
-        if text.strip().lower() == "all":
-            if not known:
-                raise CommandError(
-                    f"no {profile.name} symbols are known: "
-                    f"run `manage.py sync_symbols --exchange {profile.name}`"
-                )
-            return known
-        names = [part.strip().upper() for part in text.split(",") if part.strip()]
-        unknown = [name for name in names if name not in known]
-        if unknown or not names:
-            listing = ", ".join(known[:20]) + (f" … ({len(known)} in all)" if len(known) > 20 else "")
-            raise CommandError(
-                f"unknown {profile.name} symbol(s): {', '.join(unknown) or '(none given)'}; "
-                f"known: {listing or 'none'} "
-                f"(run `manage.py sync_symbols --exchange {profile.name}` to load them)"
-            )
-        return names
 
 
 def _moment(text: str, flag: str) -> datetime:

@@ -8,14 +8,17 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from prometheus_client import start_http_server
 
-from marketdata.core.timeframes import Timeframe
-from marketdata.exchanges import PROFILES, ExchangeProfile, exchange_profile
+from marketdata.exchanges import PROFILES, exchange_profile
 from marketdata.ingest.derived import DerivedRefresher
 from marketdata.ingest.engine import IngestEngine
 from marketdata.ingest.writer import CandleWriter
-from marketdata.selectors import candle_resume_points, symbol_ids_by_name
+from marketdata.management.options import symbols_option, timeframes_option
+from marketdata.selectors import candle_resume_points
 
 logger = structlog.get_logger(__name__)
+
+
+NOT_STREAMED = "{exchange} does not stream {name} (it is derived by resampling); streamable: "
 
 
 class Command(BaseCommand):
@@ -47,8 +50,8 @@ class Command(BaseCommand):
             profile = exchange_profile(options["exchange"], overrides=settings.OASIS_EXCHANGE_URLS)
         except ValueError as exc:
             raise CommandError(str(exc)) from None
-        timeframes = self._timeframes(profile, options["timeframes"])
-        symbol_ids = self._symbols(profile, options["symbols"])
+        timeframes = timeframes_option(profile, options["timeframes"], refusal=NOT_STREAMED)
+        symbol_ids = symbols_option(profile, options["symbols"])
         if options["lookback"] < 0:
             raise CommandError("--lookback must be 0 or more")
         if options["metrics_port"]:
@@ -95,42 +98,3 @@ class Command(BaseCommand):
         # Leaving the writer's block writes everything the engine handed over before stopping.
         async with writer.running(on_failure=stop):
             await engine.run(stop)
-
-    def _timeframes(self, profile: ExchangeProfile, text: str) -> list[Timeframe]:
-        streamable = [tf for tf in Timeframe if tf in profile.streamed_timeframes]
-        chosen = []
-        for name in (part.strip() for part in text.split(",") if part.strip()):
-            try:
-                timeframe = Timeframe.parse(name)
-            except ValueError as exc:
-                raise CommandError(str(exc)) from None
-            if timeframe not in profile.streamed_timeframes:
-                raise CommandError(
-                    f"{profile.name} does not stream {name} (it is derived by resampling); "
-                    f"streamable: {', '.join(tf.value for tf in streamable)}"
-                )
-            chosen.append(timeframe)
-        if not chosen:
-            raise CommandError("--timeframes names no timeframe")
-        return chosen
-
-    def _symbols(self, profile: ExchangeProfile, text: str) -> dict[str, int]:
-        if text.strip().lower() == "all":
-            found = symbol_ids_by_name(exchange=profile.name)
-            if not found:
-                raise CommandError(
-                    f"no {profile.name} symbols are known: "
-                    f"run `manage.py sync_symbols --exchange {profile.name}`"
-                )
-            return found
-        names = [part.strip().upper() for part in text.split(",") if part.strip()]
-        found = symbol_ids_by_name(exchange=profile.name, names=names)
-        unknown = [name for name in names if name not in found]
-        if unknown:
-            known = sorted(symbol_ids_by_name(exchange=profile.name))
-            listing = ", ".join(known[:20]) + (f" … ({len(known)} in all)" if len(known) > 20 else "")
-            raise CommandError(
-                f"unknown {profile.name} symbol(s): {', '.join(unknown)}; known: {listing or 'none'} "
-                f"(run `manage.py sync_symbols --exchange {profile.name}` to load them)"
-            )
-        return found

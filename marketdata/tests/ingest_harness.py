@@ -9,6 +9,8 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -24,6 +26,22 @@ ROOT = Path(__file__).resolve().parents[2]
 def sim_get(sim: SimExchangeThread, path: str) -> Any:
     with urllib.request.urlopen(f"{sim.urls.base}{path}", timeout=10) as response:
         return json.loads(response.read())
+
+
+@contextmanager
+def sim_in_use(sim: SimExchangeThread, settings: Any) -> Iterator[SimExchangeThread]:
+    """Point the `sim` exchange's settings at this simulator, with no faults, and sync its
+    symbols; clear any fault a test left on leaving."""
+    from django.core.management import call_command
+
+    host, port = sim.address
+    settings.OASIS_EXCHANGE_URLS = {"sim": {"rest": f"http://{host}:{port}", "ws": f"ws://{host}:{port}"}}
+    sim_faults(sim, None)
+    call_command("sync_symbols", exchange="sim", verbosity=0)
+    try:
+        yield sim
+    finally:
+        sim_faults(sim, None)
 
 
 def sim_faults(sim: SimExchangeThread, payload: dict[str, Any] | None) -> None:

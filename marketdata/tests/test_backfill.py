@@ -24,7 +24,7 @@ from marketdata.backfill import (
 from marketdata.ingest.rest import ccxt_client
 from marketdata.models import Candle, Gap, Symbol
 from marketdata.simulator import SimConfig, SimExchangeThread
-from marketdata.tests.ingest_harness import sim_faults, stored_rows, truth_rows
+from marketdata.tests.ingest_harness import sim_faults, sim_in_use, stored_rows, truth_rows
 from marketdata.tests.shared_data import REAL_CANDLES_CSV
 
 pytestmark = pytest.mark.django_db
@@ -55,14 +55,8 @@ def running_sim():
 
 @pytest.fixture
 def sim(running_sim, settings):
-    from django.core.management import call_command
-
-    host, port = running_sim.address
-    settings.OASIS_EXCHANGE_URLS = {"sim": {"rest": f"http://{host}:{port}", "ws": f"ws://{host}:{port}"}}
-    sim_faults(running_sim, None)
-    call_command("sync_symbols", exchange="sim", verbosity=0)
-    yield running_sim
-    sim_faults(running_sim, None)
+    with sim_in_use(running_sim, settings):
+        yield running_sim
 
 
 def missing(first: int, last: int) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from audit.models import AuditEvent
 from marketdata.management.commands.backfill import _ProgressBar
 from marketdata.models import Candle
 from marketdata.simulator import SimConfig, SimExchangeThread
-from marketdata.tests.ingest_harness import sim_faults
+from marketdata.tests.ingest_harness import sim_faults, sim_in_use
 from marketdata.tests.shared_data import REAL_CANDLES_CSV
 
 pytestmark = pytest.mark.django_db
@@ -38,12 +38,8 @@ def running_sim():
 
 @pytest.fixture
 def sim(running_sim, settings):
-    host, port = running_sim.address
-    settings.OASIS_EXCHANGE_URLS = {"sim": {"rest": f"http://{host}:{port}", "ws": f"ws://{host}:{port}"}}
-    sim_faults(running_sim, None)
-    call_command("sync_symbols", exchange="sim", verbosity=0)
-    yield running_sim
-    sim_faults(running_sim, None)
+    with sim_in_use(running_sim, settings):
+        yield running_sim
 
 
 def backfill(*args: str) -> tuple[str, str]:

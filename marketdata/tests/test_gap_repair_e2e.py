@@ -16,7 +16,7 @@ from marketdata.models import Candle, Gap, Symbol
 from marketdata.resampling import derived_candles_refresh
 from marketdata.simulator import SimConfig, SimExchangeThread
 from marketdata.tasks import gaps_scan_task
-from marketdata.tests.ingest_harness import sim_faults, truth_rows
+from marketdata.tests.ingest_harness import sim_faults, sim_in_use, truth_rows
 from marketdata.tests.shared_data import REAL_CANDLES_CSV
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("celery_inline")]
@@ -45,10 +45,6 @@ def running_sim():
 
 @pytest.fixture
 def sim(running_sim, settings):
-    from django.core.management import call_command
-
-    host, port = running_sim.address
-    settings.OASIS_EXCHANGE_URLS = {"sim": {"rest": f"http://{host}:{port}", "ws": f"ws://{host}:{port}"}}
     settings.OASIS_DERIVATIONS = (
         (Timeframe.M1, Timeframe.M3),
         (Timeframe.M1, Timeframe.M5),
@@ -58,10 +54,8 @@ def sim(running_sim, settings):
         (Timeframe.M1, Timeframe.H1),
         (Timeframe.H1, Timeframe.H4),
     )
-    sim_faults(running_sim, None)
-    call_command("sync_symbols", exchange="sim", verbosity=0)
-    yield running_sim
-    sim_faults(running_sim, None)
+    with sim_in_use(running_sim, settings):
+        yield running_sim
 
 
 def utc(ms: int) -> datetime:

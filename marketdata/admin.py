@@ -73,10 +73,10 @@ class GapAdmin(_ReadOnly):
 
     @admin.action(description="Backfill the selected unresolved gaps now")
     def retry_now(self, request: HttpRequest, queryset: QuerySet[Gap]) -> None:
-        from marketdata.tasks import gap_backfill_task, stream_queue
+        from marketdata.tasks import gap_backfill_start
 
         started = 0
         for gap in queryset.filter(status__in=(Gap.Status.OPEN, Gap.Status.FAILED)):
-            gap_backfill_task.apply_async(args=(gap.pk,), queue=stream_queue(gap.symbol_id, gap.timeframe))
+            gap_backfill_start(gap)
             started += 1
         messages.info(request, f"{started} gap backfill(s) started; resolved gaps are left as they are.")

@@ -68,8 +68,8 @@ def gaps_scan_task(now: str | None = None) -> dict[str, int]:
     moment = None if now is None else datetime.fromisoformat(now)
     result = gaps_scan(now=moment)
     started = 0
-    for gap_id in gaps_due(now=moment):
-        gap_backfill_task.apply_async(args=(gap_id,), queue=_queue_of_gap(gap_id))
+    for gap in Gap.objects.filter(pk__in=gaps_due(now=moment)).only("symbol_id", "timeframe"):
+        gap_backfill_start(gap)
         started += 1
     return {"streams": result.streams, "found": result.found, "recorded": result.recorded, "started": started}
 
@@ -82,6 +82,6 @@ def gap_backfill_task(gap_id: int) -> str:
     return str(gap_backfill(gap_id=gap_id).status)
 
 
-def _queue_of_gap(gap_id: int) -> str:
-    gap = Gap.objects.only("symbol_id", "timeframe").get(pk=gap_id)
-    return stream_queue(gap.symbol_id, gap.timeframe)
+def gap_backfill_start(gap: Gap) -> None:
+    """Queue one gap's backfill on its stream's shard queue."""
+    gap_backfill_task.apply_async(args=(gap.pk,), queue=stream_queue(gap.symbol_id, gap.timeframe))

@@ -19,14 +19,10 @@ def active_versions() -> list[RuleConfigVersion]:
     )
 
 
-def rule_enabled_for(*, config: RuleConfig, symbol: str) -> bool:
-    """The rule's flag: everyone on → on; everyone off → off; unset → on for the symbols whose
-    stable hash falls within the flag's percent (the same symbols every time, across processes)."""
-    return rule_flag_allows(Flag.get(config.flag_name), config_id=config.pk, symbol=symbol)
-
-
 def rule_flag_allows(flag: Flag, *, config_id: int, symbol: str) -> bool:
-    """`rule_enabled_for` with the flag already read (evaluation reads it once per batch)."""
+    """Whether a rule's flag (`Flag.get(config.flag_name)`, read once per batch) lets it run for
+    `symbol`: everyone on → on; everyone off → off; unset → on for the symbols whose stable hash
+    falls within the flag's percent (the same symbols every time, across processes)."""
     if flag.pk is None or flag.everyone is False:
         return False
     if flag.everyone:

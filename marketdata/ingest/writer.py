@@ -82,7 +82,9 @@ class _ThreadBackend:
     async def write(self, batch: list[CandleWrite]) -> int:
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._executor, functools.partial(_write_sync, batch))
+            return await loop.run_in_executor(
+                self._executor, functools.partial(candles_upsert_closed, writes=batch)
+            )
         except (OperationalError, InterfaceError):
             await loop.run_in_executor(self._executor, connections.close_all)
             raise
@@ -91,10 +93,6 @@ class _ThreadBackend:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._executor, connections.close_all)
         self._executor.shutdown(wait=True)
-
-
-def _write_sync(batch: list[CandleWrite]) -> int:
-    return candles_upsert_closed(writes=batch)
 
 
 _RETRYABLE = (OperationalError, InterfaceError, psycopg.OperationalError, psycopg.InterfaceError)

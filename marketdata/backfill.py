@@ -13,7 +13,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -31,7 +31,7 @@ from marketdata.core.backfill_pages import (
     missing_open_times,
     page_rows,
 )
-from marketdata.core.timeframes import Timeframe
+from marketdata.core.timeframes import Timeframe, ms_from_datetime, utc_from_ms
 from marketdata.exchanges import ExchangeProfile, exchange_profile
 from marketdata.ingest.metrics import BACKFILL_CANDLES, BACKFILL_PAGES_REJECTED, BACKFILL_WAITS
 from marketdata.ingest.rest import ccxt_client
@@ -335,9 +335,9 @@ def backfill_range(
     profile, tf, symbol_row = _resolve(exchange, symbol, timeframe)
     if since.tzinfo is None or (until is not None and until.tzinfo is None):
         raise BackfillInputError("since and until must be timezone-aware (UTC)")
-    since_ms = -(-_ms(since) // tf.ms) * tf.ms
-    asked_until_ms = None if until is None else _ms(until) // tf.ms * tf.ms
-    if until is not None and _ms(until) < _ms(since):
+    since_ms = -(-ms_from_datetime(since) // tf.ms) * tf.ms
+    asked_until_ms = None if until is None else ms_from_datetime(until) // tf.ms * tf.ms
+    if until is not None and ms_from_datetime(until) < ms_from_datetime(since):
         raise BackfillInputError(f"since {since.isoformat()} is after until {until.isoformat()}")
     pager = KlinePager(profile, limits)
     try:
@@ -474,7 +474,7 @@ class _Run:
     def _close_before(self, open_ms: int) -> Decimal | None:
         stored = (
             Candle.objects.filter(
-                symbol_id=self.symbol.pk, timeframe=self.timeframe.value, open_time__lt=_utc(open_ms)
+                symbol_id=self.symbol.pk, timeframe=self.timeframe.value, open_time__lt=utc_from_ms(open_ms)
             )
             .order_by("-open_time")
             .values_list("close", flat=True)
@@ -634,13 +634,5 @@ def _short(error: Exception) -> str:
     return str(error)[:300]
 
 
-def _ms(moment: datetime) -> int:
-    return int(moment.timestamp() * 1000)
-
-
-def _utc(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms / 1000, tz=UTC)
-
-
 def _iso(ms: int) -> str:
-    return _utc(ms).isoformat().replace("+00:00", "Z")
+    return utc_from_ms(ms).isoformat().replace("+00:00", "Z")

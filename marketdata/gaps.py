@@ -10,13 +10,13 @@ resolved is not recorded twice. The backfill (`marketdata.backfill.gap_backfill`
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from django.db import IntegrityError, transaction
 from django.db.models import Min
 from django.utils import timezone
 
-from marketdata.core.timeframes import Timeframe
+from marketdata.core.timeframes import Timeframe, ms_from_datetime, utc_from_ms
 from marketdata.ingest.metrics import GAPS_OPEN
 from marketdata.models import Candle, Gap
 from marketdata.selectors import candle_gaps
@@ -51,8 +51,10 @@ def gaps_scan(
     for stream in streams:
         count += 1
         timeframe = Timeframe(stream["timeframe"])
-        until_ms = timeframe.bucket_start(_ms(moment - grace)) - timeframe.ms
-        since_ms = max(_ms(stream["first"]), timeframe.bucket_start(_ms(moment - lookback)))
+        until_ms = timeframe.bucket_start(ms_from_datetime(moment - grace)) - timeframe.ms
+        since_ms = max(
+            ms_from_datetime(stream["first"]), timeframe.bucket_start(ms_from_datetime(moment - lookback))
+        )
         if until_ms < since_ms:
             continue
         for first_ms, last_ms in candle_gaps(
@@ -66,7 +68,7 @@ def gaps_scan(
 
 
 def _record(symbol_id: int, timeframe: Timeframe, first_ms: int, last_ms: int, moment: datetime) -> bool:
-    start, end = _utc(first_ms), _utc(last_ms)
+    start, end = utc_from_ms(first_ms), utc_from_ms(last_ms)
     overlapping = Gap.objects.filter(
         symbol_id=symbol_id, timeframe=timeframe.value, status__in=_UNRESOLVED, start__lte=end, end__gte=start
     )
@@ -89,11 +91,3 @@ def gaps_due(*, now: datetime | None = None, limit: int = 500) -> list[int]:
         status=Gap.Status.FAILED, next_attempt_at__lte=moment
     )
     return list(due.order_by("detected_at", "id").values_list("id", flat=True)[:limit])
-
-
-def _ms(moment: datetime) -> int:
-    return int(moment.timestamp() * 1000)
-
-
-def _utc(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms / 1000, tz=UTC)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -25,7 +24,7 @@ from django.conf import settings
 from django.db import connection
 
 from marketdata.core.resample import DEFAULT_DERIVATIONS, CandleArrays, Derivation, FixedPointColumn, resample
-from marketdata.core.timeframes import Timeframe
+from marketdata.core.timeframes import Timeframe, utc_from_ms
 from marketdata.exchanges import PROFILES
 from marketdata.models import Candle, Symbol
 from marketdata.services import CandleRows, CandleWrite, candles_upsert_rows
@@ -214,7 +213,7 @@ def _read_rows(symbol_id: int, source: Timeframe, start: int, end: int) -> _Sour
         return _SourceRows([], [], [], [], [], [], [], [], [])
     if connection.vendor != "postgresql":
         return _read_rows_orm(symbol_id, source, start, end)
-    params = [symbol_id, source.value, _utc(start), _utc(end)]
+    params = [symbol_id, source.value, utc_from_ms(start), utc_from_ms(end)]
     with connection.cursor() as cursor:
         if (end - start) // source.ms <= _QUERY_MAX_ROWS:
             cursor.execute(_READ_TEXT, params)
@@ -238,7 +237,10 @@ def _read_rows_orm(symbol_id: int, source: Timeframe, start: int, end: int) -> _
     """Elsewhere (SQLite) the values come back as Decimals of the stored fixed-point text."""
     rows = (
         Candle.objects.filter(
-            symbol_id=symbol_id, timeframe=source.value, open_time__gte=_utc(start), open_time__lt=_utc(end)
+            symbol_id=symbol_id,
+            timeframe=source.value,
+            open_time__gte=utc_from_ms(start),
+            open_time__lt=utc_from_ms(end),
         )
         .order_by("open_time")
         .values_list(*_SOURCE_FIELDS)
@@ -282,7 +284,3 @@ def _resampled(symbol_id: int, target: Timeframe, source: CandleArrays) -> Candl
         derived.volume.strings(), derived.quote_volume.strings(), derived.trades.tolist(),
         derived.imputed_inputs.tolist(),
     )  # fmt: skip
-
-
-def _utc(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms / 1000, tz=UTC)

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime
 
 from django.db import connection
 from django.db.models import Max
 
-from marketdata.core.timeframes import Timeframe
+from marketdata.core.timeframes import Timeframe, utc_from_ms
 from marketdata.models import Candle, Symbol
 
 
@@ -65,7 +64,7 @@ def candle_gaps(
         raise ValueError(f"gap scan bounds {since_ms}…{until_ms} are not on {timeframe} boundaries")
     if until_ms < since_ms:
         return []
-    since, until = _utc(since_ms), _utc(until_ms)
+    since, until = utc_from_ms(since_ms), utc_from_ms(until_ms)
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
             cursor.execute(
@@ -92,7 +91,3 @@ def candle_gaps(
             gaps.append((previous + step, current - step))
         previous = current
     return gaps
-
-
-def _utc(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms / 1000, tz=UTC)

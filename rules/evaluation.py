@@ -24,7 +24,6 @@ import zlib
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import structlog
@@ -35,7 +34,7 @@ from prometheus_client import Counter, Histogram
 from waffle.models import Flag
 
 from audit.services import audit_record
-from marketdata.core.timeframes import Timeframe
+from marketdata.core.timeframes import Timeframe, utc_from_ms
 from marketdata.events import ClosedCandle
 from marketdata.models import Candle
 from oasis_site.broadcast import broadcast_after_commit
@@ -126,7 +125,7 @@ class SignalEvaluator:
                 signal = Signal(
                     symbol_id=candle.symbol_id,
                     timeframe=candle.timeframe.value,
-                    open_time=_utc(candle.open_time_ms),
+                    open_time=utc_from_ms(candle.open_time_ms),
                     rule_version=entry.version,
                     action=action,
                     indicators={
@@ -204,8 +203,8 @@ class SignalEvaluator:
                 Candle.objects.filter(
                     timeframe=timeframe.value,
                     symbol_id__in=list(symbols),
-                    open_time__gte=_utc(oldest),
-                    open_time__lt=_utc(newest),
+                    open_time__gte=utc_from_ms(oldest),
+                    open_time__lt=utc_from_ms(newest),
                 )
                 .order_by("symbol_id", "open_time")
                 .values_list("symbol_id", "open_time", "open", "high", "low", "close", "volume")
@@ -326,7 +325,3 @@ def candle_payload(candle: ClosedCandle) -> dict[str, Any]:
 
 def candle_from_payload(payload: dict[str, Any]) -> ClosedCandle:
     return ClosedCandle(**{**payload, "timeframe": Timeframe.parse(payload["timeframe"])})
-
-
-def _utc(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms / 1000, tz=UTC)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from enum import StrEnum
 
 MINUTE_MS = 60_000
@@ -47,3 +48,13 @@ _LENGTH_MS: dict[Timeframe, int] = {
     Timeframe.H1: 60 * MINUTE_MS,
     Timeframe.H4: 240 * MINUTE_MS,
 }
+
+
+def utc_from_ms(ms: int) -> datetime:
+    """The UTC datetime of `ms` milliseconds since the epoch (how candle times are stored)."""
+    return datetime.fromtimestamp(ms / 1000, tz=UTC)
+
+
+def ms_from_datetime(moment: datetime) -> int:
+    """Milliseconds since the epoch of an aware datetime (how candle times are computed on)."""
+    return int(moment.timestamp() * 1000)

@@ -17,6 +17,7 @@ from audit.models import AuditEvent
 from marketdata.core.klines import Kline
 from marketdata.core.timeframes import Timeframe
 from marketdata.events import ClosedCandle, candles_closed
+from marketdata.ingest.derived import closed_candle_event
 from marketdata.services import CandleWrite, candles_upsert_closed
 from marketdata.tests.factories import SymbolFactory
 from marketdata.tests.shared_data import REAL_CANDLES_CSV
@@ -88,19 +89,8 @@ def series():
 
 
 def event(symbol_id: int, k: Kline) -> ClosedCandle:
-    return ClosedCandle(
-        symbol_id=symbol_id,
-        symbol=k.symbol,
-        timeframe=k.timeframe,
-        open_time_ms=k.open_time_ms,
-        open=float(k.open),
-        high=float(k.high),
-        low=float(k.low),
-        close=float(k.close),
-        volume=float(k.volume),
-        imputed=False,
-        committed_at=0.0,
-    )
+    """The close as the ingest process announces it."""
+    return closed_candle_event(CandleWrite(symbol_id, k, "ws"), symbol=k.symbol, committed_at=0.0)
 
 
 def active_rule(symbols=("BTCUSDT",), everyone=True):

@@ -16,6 +16,7 @@ from marketdata.simulator.symbols import MAX_SYMBOLS, generated_names, split_sym
 
 _DURATION = re.compile(r"^(\d+)([mhd])$")
 _DURATION_MINUTES = {"m": 1, "h": 60, "d": 1440}
+MAX_COMMISSION_BPS = 1000  # 10 %: anything above is a typo, not a fee schedule
 
 
 class ConfigError(ValueError):
@@ -43,6 +44,14 @@ class SimConfig:
     api_key: str = "sim-key"
     api_secret: str = "sim-secret"  # noqa: S105 (a simulator's well-known test secret)
     quote_balance: Decimal = Decimal(100000)  # starting balance of every quote asset
+    # Binance's unfilled-order count (X-MBX-ORDER-COUNT-10S / -1D, -1015 past the limit), per
+    # account; Binance's own limits for a standard account.
+    orders_per_10s: int = 50
+    orders_per_day: int = 160_000
+    # As Binance: an order's first fill takes it back out of the count. False: every accepted
+    # order counts, so tests can reach -1015 with MARKET orders.
+    orders_fill_decrement: bool = True
+    commission_bps: int = 0  # maker and taker, charged in the quote asset on every fill (10 = 0.1%)
     cache_chunks: int = 8192  # 4-hour chunks of 1m candles kept in memory (21 KB each: 170 MB at most)
     faults: Mapping[str, Any] = field(default_factory=dict)  # as POST /_sim/faults takes them
 
@@ -67,11 +76,16 @@ class SimConfig:
         for name in ("update_interval_s", "ping_interval_s", "pong_timeout_s", "weight_window_s"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} {getattr(self, name)} must be > 0")
-        for name in ("max_streams", "max_incoming_per_s", "weight_limit", "cache_chunks"):
+        for name in (
+            "max_streams", "max_incoming_per_s", "weight_limit", "cache_chunks", "orders_per_10s",
+            "orders_per_day",
+        ):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} {getattr(self, name)} must be >= 1")
         if self.quote_balance < 0:
             raise ConfigError(f"quote balance {self.quote_balance} must be >= 0")
+        if not 0 <= self.commission_bps <= MAX_COMMISSION_BPS:
+            raise ConfigError(f"commission {self.commission_bps} bps must be 0-{MAX_COMMISSION_BPS}")
 
 
 def parse_symbols(text: str) -> tuple[str, ...]:

@@ -3,7 +3,8 @@
 - `GET /_sim/status`: clock, counters, active faults;
 - `POST /_sim/faults` (JSON, see `FaultState.apply`) sets faults, `DELETE /_sim/faults` clears them;
 - `GET /_sim/closed?symbol&interval[&startTime][&endTime]`: the truth, every closed candle in the
-  range exactly as `/api/v3/klines` returns it, without its 1000-row limit."""
+  range exactly as `/api/v3/klines` returns it, without its 1000-row limit;
+- `GET /_sim/orders[?symbol]`: the truth about order placement (see `ControlApi.orders`)."""
 
 from __future__ import annotations
 
@@ -15,10 +16,11 @@ from aiohttp import web
 
 from marketdata.simulator.clock import SimClock
 from marketdata.simulator.config import SimConfig
-from marketdata.simulator.errors import BinanceError
+from marketdata.simulator.errors import BinanceError, invalid_symbol
 from marketdata.simulator.faults import FaultError, FaultState
 from marketdata.simulator.intervals import KLINE_INTERVALS
 from marketdata.simulator.market import Market
+from marketdata.simulator.orders import Account
 from marketdata.simulator.rest import error_response, json_response, kline_query
 from marketdata.simulator.streams import Counters, StreamHub
 
@@ -32,6 +34,7 @@ class ControlApi:
         market: Market,
         clock: SimClock,
         faults: FaultState,
+        account: Account,
         hub: StreamHub,
         config: SimConfig,
         counters: Counters,
@@ -39,6 +42,7 @@ class ControlApi:
         self.market = market
         self.clock = clock
         self.faults = faults
+        self.account = account
         self.hub = hub
         self.config = config
         self.counters = counters
@@ -48,6 +52,7 @@ class ControlApi:
         app.router.add_post("/_sim/faults", self.set_faults)
         app.router.add_delete("/_sim/faults", self.clear_faults)
         app.router.add_get("/_sim/closed", self.closed)
+        app.router.add_get("/_sim/orders", self.orders)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -101,3 +106,21 @@ class ControlApi:
             return json_response({"error": f"{count} candles in range; at most {MAX_TRUTH_ROWS}"}, status=400)
         candles = self.market.closed_between(spec, length, now, start_ms=start, end_ms=end)
         return json_response([candle.rest_row() for candle in candles])
+
+    async def orders(self, request: web.Request) -> web.Response:
+        """`{"attempts": n, "faulted": n, "orders": [...]}`: `attempts` counts the
+        `POST /api/v3/order` requests that reached the order handler, whatever became of them
+        (accepted, refused by the exchange, failing authentication); `faulted` those an injected
+        `rest_error` answered instead (never processed); requests refused for request weight are
+        in neither. `orders`: every order ever accepted (of `symbol`), by order id, as
+        `GET /api/v3/order` shows it now. Both counts are of all symbols."""
+        name = request.query.get("symbol")
+        if name and self.market.symbol(name) is None:
+            return error_response(invalid_symbol())
+        return json_response(
+            {
+                "attempts": self.counters.order_requests,
+                "faulted": self.counters.order_requests_faulted,
+                "orders": self.account.orders(name or None, self.clock.now_ms()),
+            }
+        )

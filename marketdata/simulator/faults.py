@@ -55,6 +55,28 @@ class RestErrorFault:
         }
 
 
+@dataclass
+class OrderTimeoutFault:
+    """The next `remaining` order placements the exchange accepts are carried out (the order
+    exists, fills, moves balances) but their answer is held back `hold_s` seconds: the client
+    times out not knowing whether its order went through."""
+
+    remaining: int
+    hold_s: float
+    served: int = 0
+
+    def take(self) -> float | None:
+        """Seconds to hold this accepted order's answer, or None to answer at once."""
+        if self.remaining <= 0:
+            return None
+        self.remaining -= 1
+        self.served += 1
+        return self.hold_s
+
+    def describe(self) -> dict[str, Any]:
+        return {"remaining": self.remaining, "hold_s": self.hold_s, "served": self.served}
+
+
 @dataclass(frozen=True)
 class StreamSilence:
     """No frames at all for `stream` for the candles opening in
@@ -90,6 +112,7 @@ class MissingKlines:
 class FaultState:
     seed: int
     rest_error: RestErrorFault | None = None
+    order_timeout: OrderTimeoutFault | None = None
     rest_latency_ms: int = 0
     ws_latency_ms: int = 0
     ws_drop_every_s: float | None = None
@@ -105,6 +128,7 @@ class FaultState:
     def clear(self) -> None:
         self.generation += 1
         self.rest_error = None
+        self.order_timeout = None
         self.rest_latency_ms = self.ws_latency_ms = 0
         self.ws_drop_every_s = None
         self.silences = []
@@ -126,6 +150,8 @@ class FaultState:
             staged.missing_klines = list(self.missing_klines)
         if "rest_error" in payload:
             staged.rest_error = _rest_error(payload["rest_error"], monotonic_now)
+        if "order_timeout" in payload:
+            staged.order_timeout = _order_timeout(payload["order_timeout"])
         if "rest_latency_ms" in payload:
             staged.rest_latency_ms = _non_negative_int(payload, "rest_latency_ms")
         if "ws_latency_ms" in payload:
@@ -182,6 +208,7 @@ class FaultState:
         return {
             "seed": self.seed,
             "rest_error": None if self.rest_error is None else self.rest_error.describe(monotonic_now),
+            "order_timeout": None if self.order_timeout is None else self.order_timeout.describe(),
             "rest_latency_ms": self.rest_latency_ms,
             "ws_latency_ms": self.ws_latency_ms,
             "ws_drop_every_s": self.ws_drop_every_s,
@@ -204,8 +231,8 @@ _RATES = {
     "ws_malformed_rate": "malformed_rate",
 }
 _KEYS = {
-    "clear", "rest_error", "rest_latency_ms", "ws_latency_ms", "ws_drop_every_s", "ws_silence",
-    "missing_klines", *_RATES,
+    "clear", "rest_error", "order_timeout", "rest_latency_ms", "ws_latency_ms", "ws_drop_every_s",
+    "ws_silence", "missing_klines", *_RATES,
 }  # fmt: skip
 
 
@@ -264,6 +291,19 @@ def _rest_error(spec: Any, monotonic_now: float) -> RestErrorFault | None:
     if isinstance(retry_after, bool) or not isinstance(retry_after, int) or retry_after < 0:
         raise FaultError(f"rest_error retry_after must be an integer >= 0 (seconds), got {retry_after!r}")
     return RestErrorFault(statuses=statuses, retry_after_s=retry_after, remaining=count, until=until)
+
+
+def _order_timeout(spec: Any) -> OrderTimeoutFault | None:
+    if spec is None:
+        return None
+    if not isinstance(spec, Mapping):
+        raise FaultError(f"order_timeout must be an object or null, got {spec!r}")
+    if set(spec) != {"count", "hold_s"}:
+        raise FaultError(f"order_timeout needs exactly count and hold_s, got {sorted(spec)}")
+    count = spec["count"]
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise FaultError(f"order_timeout count must be an integer >= 1, got {count!r}")
+    return OrderTimeoutFault(remaining=count, hold_s=_positive_number(spec["hold_s"], "order_timeout hold_s"))
 
 
 def _silences(specs: Any, now_ms: int, symbols: Container[str]) -> list[StreamSilence]:

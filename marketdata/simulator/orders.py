@@ -4,14 +4,19 @@ MARKET orders fill at once at the current price (the forming 1m close). LIMIT or
 cross the current price fill at once at that price; the others rest, locking their funds, and
 fill at their limit price with the first 1m candle *after* the one they were placed in whose
 low (buy) or high (sell) reaches the price. Fills are decided by candles, never by timing, and
-found lazily whenever the account is read. No commission is charged."""
+found lazily whenever the account is read.
+
+Commission (`commission_bps`, maker and taker alike, 0 by default) is charged on every fill in
+the quote asset: a BUY pays price x quantity plus commission, a SELL receives price x quantity
+less commission. Each fill's commission is rounded *up* (ROUND_UP) to 8 decimals, so the
+account never pays less than the rate; a resting BUY locks its commission with its cost."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from decimal import ROUND_DOWN, Decimal, InvalidOperation
+from decimal import ROUND_DOWN, ROUND_UP, Decimal, InvalidOperation
 from typing import Any
 
 import numpy as np
@@ -59,6 +64,7 @@ class Order:
     time: int
     update_time: int
     next_candle: int  # open time of the first candle not yet checked for a fill
+    locked: Decimal = Decimal(0)  # what a resting order holds (BUY: quote incl. commission)
 
     @property
     def is_open(self) -> bool:
@@ -106,6 +112,7 @@ class Trade:
     price: Decimal
     qty: Decimal
     quote_qty: Decimal
+    commission: Decimal
     commission_asset: str
     time: int
     is_buyer: bool
@@ -120,7 +127,7 @@ class Trade:
             "price": _text(self.price),
             "qty": _text(self.qty),
             "quoteQty": _text(self.quote_qty),
-            "commission": _text(Decimal(0)),
+            "commission": _text(self.commission),
             "commissionAsset": self.commission_asset,
             "time": self.time,
             "isBuyer": self.is_buyer,
@@ -132,15 +139,26 @@ class Trade:
         return {
             "price": _text(self.price),
             "qty": _text(self.qty),
-            "commission": _text(Decimal(0)),
+            "commission": _text(self.commission),
             "commissionAsset": self.commission_asset,
             "tradeId": self.trade_id,
         }
 
 
 class Account:
-    def __init__(self, market: Market, quote_balance: Decimal) -> None:
+    def __init__(
+        self,
+        market: Market,
+        quote_balance: Decimal,
+        *,
+        commission_bps: int = 0,
+        on_first_fill: Callable[[], None] | None = None,
+    ) -> None:
+        """`on_first_fill` is called when an order fills (the order-count limiter's decrement)."""
         self._market = market
+        self.commission_bps = commission_bps
+        self._commission_rate = Decimal(commission_bps) / 10_000
+        self._on_first_fill = on_first_fill
         self._free: dict[str, Decimal] = {}
         self._locked: dict[str, Decimal] = {}
         for spec in market.symbols:
@@ -191,7 +209,11 @@ class Account:
         fill_now = order_type == "MARKET" or crosses
         status = "EXPIRED" if not fill_now and time_in_force in ("IOC", "FOK") else "NEW"
         fill_price = current if fill_now else price
-        spend_asset, spend = (spec.quote, quantity * fill_price) if side == "BUY" else (spec.base, quantity)
+        if side == "BUY":
+            cost = quantity * fill_price
+            spend_asset, spend = spec.quote, cost + self._commission(cost)
+        else:
+            spend_asset, spend = spec.base, quantity
         if status == "NEW" and self._free[spend_asset] < spend:
             raise BinanceError(-2010, "Account has insufficient balance for requested action.")
 
@@ -218,6 +240,7 @@ class Account:
             if fill_now:
                 fills.append(self._fill(order, spec, fill_price, now_ms, is_maker=False, locked=False))
             else:
+                order.locked = spend
                 self._free[spend_asset] -= spend
                 self._locked[spend_asset] = self._locked.get(spend_asset, Decimal(0)) + spend
         if response_type == "ACK":
@@ -248,11 +271,10 @@ class Account:
             raise BinanceError(-2011, "Unknown order sent.")
         order.status = "CANCELED"
         order.update_time = now_ms
-        asset, amount = (
-            (spec.quote, order.orig_qty * order.price) if order.side == "BUY" else (spec.base, order.orig_qty)
-        )
-        self._locked[asset] -= amount
-        self._free[asset] += amount
+        asset = spec.quote if order.side == "BUY" else spec.base
+        self._locked[asset] -= order.locked
+        self._free[asset] += order.locked
+        order.locked = Decimal(0)
         result = order.result()
         result["transactTime"] = now_ms
         result["origClientOrderId"] = order.client_order_id
@@ -279,13 +301,13 @@ class Account:
             if omit_zero and not free and not locked:
                 continue
             balances.append({"asset": asset, "free": _text(free), "locked": _text(locked)})
-        zero = _text(Decimal(0))
+        zero, rate = _text(Decimal(0)), _text(self._commission_rate)
         return {
-            "makerCommission": 0,
-            "takerCommission": 0,
+            "makerCommission": self.commission_bps,
+            "takerCommission": self.commission_bps,
             "buyerCommission": 0,
             "sellerCommission": 0,
-            "commissionRates": {"maker": zero, "taker": zero, "buyer": zero, "seller": zero},
+            "commissionRates": {"maker": rate, "taker": rate, "buyer": zero, "seller": zero},
             "canTrade": True,
             "canWithdraw": True,
             "canDeposit": True,
@@ -322,6 +344,12 @@ class Account:
         selected = selected[:limit] if from_id is not None or start is not None else selected[-limit:]
         return [trade.as_binance() for trade in selected]
 
+    def orders(self, symbol: str | None, now_ms: int) -> list[dict[str, Any]]:
+        """Every order ever accepted (of `symbol`, or all), by order id, as `GET /api/v3/order`
+        answers it: the simulator's truth, for `GET /_sim/orders`."""
+        self.match(now_ms)
+        return [order.query() for order in self._orders.values() if symbol is None or order.symbol == symbol]
+
     # Matching -----------------------------------------------------------------------------
 
     def match(self, now_ms: int) -> None:
@@ -347,12 +375,14 @@ class Account:
     ) -> Trade:
         quantity = order.orig_qty
         cost = quantity * price
+        commission = self._commission(cost)
         if order.side == "BUY":
-            self._take(spec.quote, cost, locked=locked)
+            self._take(spec.quote, cost + commission, locked=locked)
             self._free[spec.base] += quantity
         else:
             self._take(spec.base, quantity, locked=locked)
-            self._free[spec.quote] += cost
+            self._free[spec.quote] += cost - commission
+        order.locked = Decimal(0)
         order.executed_qty = quantity
         order.cumulative_quote = cost
         order.status = "FILLED"
@@ -364,6 +394,7 @@ class Account:
             price=price,
             qty=quantity,
             quote_qty=cost,
+            commission=commission,
             commission_asset=spec.quote,
             time=time_ms,
             is_buyer=order.side == "BUY",
@@ -371,7 +402,12 @@ class Account:
         )
         self._next_trade_id += 1
         self._trades.append(trade)
+        if self._on_first_fill is not None:  # orders fill whole, once: every fill is a first
+            self._on_first_fill()
         return trade
+
+    def _commission(self, quote_amount: Decimal) -> Decimal:
+        return (quote_amount * self._commission_rate).quantize(_EIGHT, rounding=ROUND_UP)
 
     def _take(self, asset: str, amount: Decimal, *, locked: bool) -> None:
         if locked:

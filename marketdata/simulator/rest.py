@@ -1,7 +1,9 @@
 """Binance Spot REST: market data (`ping`, `time`, `exchangeInfo`, `klines`) and the signed
 order endpoints, behind one middleware that adds latency, serves injected errors, counts
 request weight (`X-MBX-USED-WEIGHT-1M`, 429 + Retry-After past the limit) and renders
-`BinanceError` as Binance does."""
+`BinanceError` as Binance does. Order placement also keeps the unfilled-order count
+(`X-MBX-ORDER-COUNT-10S`/`-1D`, 429 / -1015 past it) and may hold back its answer
+(`order_timeout` fault)."""
 
 from __future__ import annotations
 
@@ -34,12 +36,13 @@ from marketdata.simulator.market import Market
 from marketdata.simulator.orders import Account
 from marketdata.simulator.streams import Counters
 from marketdata.simulator.symbols import SymbolSpec
-from marketdata.simulator.weights import WeightLimiter, request_weight
+from marketdata.simulator.weights import OrderCountLimiter, WeightLimiter, request_weight
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 _SYMBOLS_RANGE = '^\\[("[A-Z0-9-_.]{1,20}"(,"[A-Z0-9-_.]{1,20}"){0,}){0,1}\\]$'
 MAX_RECV_WINDOW_MS = 60_000
+ORDER_PATH = "/api/v3/order"
 
 
 def json_response(body: Any, *, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
@@ -83,13 +86,16 @@ class RestApi:
         account: Account,
         config: SimConfig,
         counters: Counters,
+        order_counts: OrderCountLimiter,
     ) -> None:
+        """`order_counts` is the account's, shared with the `Account` (it decrements on fills)."""
         self.market = market
         self.clock = clock
         self.faults = faults
         self.account = account
         self.config = config
         self.counters = counters
+        self.order_counts = order_counts
         self.weights = WeightLimiter(config.weight_limit, config.weight_window_s)
         self._symbol_info = {spec.name: orjson.dumps(spec.exchange_info()) for spec in market.symbols}
         self._all_symbols = b"[" + b",".join(self._symbol_info.values()) + b"]"
@@ -101,8 +107,7 @@ class RestApi:
                     "intervalNum": 1,
                     "limit": config.weight_limit,
                 },
-                {"rateLimitType": "ORDERS", "interval": "SECOND", "intervalNum": 10, "limit": 100},
-                {"rateLimitType": "ORDERS", "interval": "DAY", "intervalNum": 1, "limit": 200000},
+                *(window.rate_limit() for window in order_counts.windows),
                 {"rateLimitType": "RAW_REQUESTS", "interval": "MINUTE", "intervalNum": 5, "limit": 61000},
             ]
         )
@@ -112,9 +117,9 @@ class RestApi:
         app.router.add_get("/api/v3/time", self.server_time)
         app.router.add_get("/api/v3/exchangeInfo", self.exchange_info)
         app.router.add_get("/api/v3/klines", self.klines)
-        app.router.add_post("/api/v3/order", self.signed(self.account.place))
-        app.router.add_get("/api/v3/order", self.signed(self.account.query))
-        app.router.add_delete("/api/v3/order", self.signed(self.account.cancel))
+        app.router.add_post(ORDER_PATH, self.place_order)
+        app.router.add_get(ORDER_PATH, self.signed(self.account.query))
+        app.router.add_delete(ORDER_PATH, self.signed(self.account.cancel))
         app.router.add_get("/api/v3/openOrders", self.signed(self.account.open_orders))
         app.router.add_get("/api/v3/account", self.signed(self.account.account))
         app.router.add_get("/api/v3/myTrades", self.signed(self.account.my_trades))
@@ -132,6 +137,8 @@ class RestApi:
             status = faults.rest_error.take(time.monotonic())
             if status is not None:
                 self.counters.rest_faults += 1
+                if request.method == "POST" and request.path == ORDER_PATH:
+                    self.counters.order_requests_faulted += 1
                 return self._fault_response(status, faults.rest_error.retry_after_s, self.weights.used(ip))
         used, retry_after = self.weights.charge(
             ip, request_weight(request.method, request.path, request.query)
@@ -253,6 +260,33 @@ class RestApi:
             return json_response(operation(params, self.clock.now_ms()))
 
         return handler
+
+    async def place_order(self, request: web.Request) -> web.Response:
+        """`POST /api/v3/order`. Every answer carries the order-count headers. An accepted order
+        may have its answer held back by the `order_timeout` fault: it is placed (and filled)
+        all the same, only the client does not hear of it in time."""
+        self.counters.order_requests += 1
+        try:
+            params = await self._authenticate(request)
+            refusal = self.order_counts.refusal()
+            if refusal is not None:
+                window, retry_after = refusal
+                self.counters.orders_count_limited += 1
+                return error_response(
+                    BinanceError(-1015, window.too_many_message(), status=429),
+                    {**self.order_counts.headers(), "Retry-After": str(retry_after)},
+                )
+            result = self.account.place(params, self.clock.now_ms())
+        except BinanceError as error:
+            return error_response(error, self.order_counts.headers())
+        self.order_counts.add()
+        headers = self.order_counts.headers()
+        timeout = self.faults.order_timeout
+        hold_s = None if timeout is None else timeout.take()
+        if hold_s is not None:
+            self.counters.order_answers_withheld += 1
+            await asyncio.sleep(hold_s)
+        return json_response(result, headers=headers)
 
     async def _authenticate(self, request: web.Request) -> dict[str, str]:
         """Binance's SIGNED security: X-MBX-APIKEY, then HMAC-SHA256 (hex) with the secret over

@@ -25,6 +25,7 @@ from marketdata.simulator.rest import RestApi
 from marketdata.simulator.series import ChunkArray
 from marketdata.simulator.streams import Counters, StreamHub
 from marketdata.simulator.symbols import MAX_SYMBOLS, build_symbols
+from marketdata.simulator.weights import OrderCountLimiter
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,15 @@ class SimExchange:
         except FaultError as error:
             raise ConfigError(str(error)) from None
         self.counters = Counters()
-        self.account = Account(self.market, config.quote_balance)
+        self.order_counts = OrderCountLimiter(
+            config.orders_per_10s, config.orders_per_day, fill_decrement=config.orders_fill_decrement
+        )
+        self.account = Account(
+            self.market,
+            config.quote_balance,
+            commission_bps=config.commission_bps,
+            on_first_fill=self.order_counts.filled,
+        )
         self.hub = StreamHub(
             market=self.market, clock=self.clock, faults=self.faults, config=config, counters=self.counters
         )
@@ -83,11 +92,13 @@ class SimExchange:
             account=self.account,
             config=config,
             counters=self.counters,
+            order_counts=self.order_counts,
         )
         self.control = ControlApi(
             market=self.market,
             clock=self.clock,
             faults=self.faults,
+            account=self.account,
             hub=self.hub,
             config=config,
             counters=self.counters,

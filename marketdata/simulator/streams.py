@@ -112,6 +112,10 @@ class Counters:
     rest_requests: int = 0
     rest_faults: int = 0
     rest_rate_limited: int = 0
+    order_requests: int = 0  # POST /api/v3/order that reached the handler (not the faulted ones)
+    order_requests_faulted: int = 0  # POST /api/v3/order answered by an injected rest_error
+    order_answers_withheld: int = 0  # accepted orders whose answer the order_timeout fault held
+    orders_count_limited: int = 0  # placements refused with -1015 (unfilled-order count)
 
 
 @dataclass(frozen=True, slots=True)

@@ -53,6 +53,23 @@ class Command(BaseCommand):
         parser.add_argument("--api-key", default="sim-key")
         parser.add_argument("--api-secret", default="sim-secret")
         parser.add_argument("--quote-balance", default="100000", help="starting balance of each quote asset")
+        parser.add_argument(
+            "--orders-per-10s", type=int, default=50, help="unfilled-order count limit per 10 seconds"
+        )
+        parser.add_argument(
+            "--orders-per-day", type=int, default=160_000, help="unfilled-order count limit per day"
+        )
+        parser.add_argument(
+            "--no-order-fill-decrement",
+            action="store_true",
+            help="count filled orders too (Binance takes an order out of the count when it fills)",
+        )
+        parser.add_argument(
+            "--commission-bps",
+            type=int,
+            default=0,
+            help="commission on every fill, in the quote asset (10 = 0.1%%)",
+        )
         faults = parser.add_argument_group("faults")
         faults.add_argument(
             "--fault-rest-status",
@@ -111,6 +128,10 @@ class Command(BaseCommand):
                 api_key=options["api_key"],
                 api_secret=options["api_secret"],
                 quote_balance=quote_balance,
+                orders_per_10s=options["orders_per_10s"],
+                orders_per_day=options["orders_per_day"],
+                orders_fill_decrement=not options["no_order_fill_decrement"],
+                commission_bps=options["commission_bps"],
                 faults=self._faults(options),
             )
         except ConfigError as error:

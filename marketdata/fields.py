@@ -10,7 +10,7 @@ docs/decisions/0010-exact-decimal-storage.md.
 from __future__ import annotations
 
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, TypeVar
 
 from django.core.exceptions import ValidationError
 from django.db import models
@@ -18,8 +18,11 @@ from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models.expressions import Func
 from django.db.models.sql.compiler import SQLCompiler
 
+_SetT = TypeVar("_SetT")
+_GetT = TypeVar("_GetT")
 
-class ExactDecimalField(models.Field[Decimal | str | int, Decimal]):
+
+class _ExactDecimal(models.Field[_SetT, _GetT]):
     """A Decimal stored without rounding or padding: what goes in comes out, digit for digit."""
 
     description = "Exact decimal (unconstrained NUMERIC on PostgreSQL, text on SQLite)"
@@ -48,6 +51,14 @@ class ExactDecimalField(models.Field[Decimal | str | int, Decimal]):
         if number is None or connection.vendor == "postgresql":
             return number
         return format(number, "f")
+
+
+class ExactDecimalField(_ExactDecimal[Decimal | str | int, Decimal]):
+    """A Decimal stored without rounding or padding: what goes in comes out, digit for digit."""
+
+
+class NullableExactDecimalField(_ExactDecimal[Decimal | str | int | None, Decimal | None]):
+    """An ExactDecimalField that may be NULL (declare it with null=True)."""
 
 
 class AsNumber(Func):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -52,6 +53,16 @@ KNOWN_VARIABLES: tuple[str, ...] = (
     "OASIS_EXCHANGE",
     "OASIS_DERIVATIONS",
     *(f"OASIS_{name.upper()}_{kind}_URL" for name in EXCHANGE_NAMES for kind in ("REST", "WS")),
+    "OASIS_QUOTE_ASSET",
+    "OASIS_DRYRUN_BALANCE",
+    "OASIS_FEE_BPS",
+    "OASIS_SLIPPAGE_BPS",
+    # Exchange credentials (trading.credentials reads them; never logged or stored).
+    *(
+        f"OASIS_{name.upper()}_{kind}"
+        for name in (*EXCHANGE_NAMES, "coinbase")
+        for kind in ("API_KEY", "API_SECRET", "API_PASSWORD", "SECRETS_FILE")
+    ),
 )
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -86,6 +97,12 @@ class Environment:
     # Which timeframes are derived from which: ((source, target), ...); None: the default map,
     # less what each exchange streams itself (marketdata.resampling.derivations).
     derivations: tuple[Derivation, ...] | None = None
+    # Execution: the account's quote asset, the dry-run paper account's starting balance, and
+    # the fill model's fee and slippage (basis points), shared by dry-run and backtests.
+    quote_asset: str = "USDT"
+    dry_run_balance: Decimal = Decimal(10_000)
+    fee_bps: Decimal = Decimal(10)
+    slippage_bps: Decimal = Decimal(5)
     var_dir: Path = field(repr=False, default=Path("var"))
 
     @property
@@ -213,6 +230,15 @@ def read_environment(environ: Mapping[str, str], *, base_dir: Path) -> Environme
                 f"OASIS_DERIVATIONS must be source>target pairs separated by commas (e.g. 1m>3m,1h>4h): {exc}"
             ) from None
 
+    quote_asset = (get("OASIS_QUOTE_ASSET") or "USDT").upper()
+    if not quote_asset.isalnum() or len(quote_asset) > 16:
+        raise ConfigurationError(f"OASIS_QUOTE_ASSET must be an asset name such as USDT; got {quote_asset!r}")
+    dry_run_balance = _parse_decimal(
+        "OASIS_DRYRUN_BALANCE", get("OASIS_DRYRUN_BALANCE"), default="10000", high=10**12
+    )
+    fee_bps = _parse_decimal("OASIS_FEE_BPS", get("OASIS_FEE_BPS"), default="10", high=1000)
+    slippage_bps = _parse_decimal("OASIS_SLIPPAGE_BPS", get("OASIS_SLIPPAGE_BPS"), default="5", high=1000)
+
     return Environment(
         name=env_name,
         debug=debug,
@@ -233,6 +259,10 @@ def read_environment(environ: Mapping[str, str], *, base_dir: Path) -> Environme
         exchange=exchange,
         exchange_urls=exchange_urls,
         derivations=derivations,
+        quote_asset=quote_asset,
+        dry_run_balance=dry_run_balance,
+        fee_bps=fee_bps,
+        slippage_bps=slippage_bps,
         var_dir=var_dir,
     )
 
@@ -322,6 +352,17 @@ def _parse_bool(name: str, value: str | None, *, default: bool) -> bool:
     if lowered in _FALSE:
         return False
     raise ConfigurationError(f"{name} must be a boolean (1/0, true/false, yes/no, on/off); got {value!r}")
+
+
+def _parse_decimal(name: str, value: str | None, *, default: str, high: int) -> Decimal:
+    text = default if value is None or not value.strip() else value.strip()
+    try:
+        number = Decimal(text)
+    except ArithmeticError:
+        raise ConfigurationError(f"{name} must be a decimal number such as {default}; got {text!r}") from None
+    if not number.is_finite() or not 0 <= number <= high:
+        raise ConfigurationError(f"{name} must be between 0 and {high}; got {text!r}")
+    return number
 
 
 def _parse_int(name: str, value: str | None, *, default: int, low: int, high: int) -> int:

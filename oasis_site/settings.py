@@ -39,6 +39,11 @@ OASIS_EXCHANGE_URLS = ENV.exchange_urls
 # Which timeframes are resampled from which (marketdata.resampling); OASIS_DERIVATIONS. None:
 # the desk's map (1m→3m, 1m→10m, 5m→10m, 1h→4h) plus 1m→5m/15m/1h where the exchange lacks them.
 OASIS_DERIVATIONS = ENV.derivations
+# Execution (trading): see oasis_site/environment.py for each variable.
+OASIS_QUOTE_ASSET = ENV.quote_asset
+OASIS_DRYRUN_BALANCE = ENV.dry_run_balance
+OASIS_FEE_BPS = ENV.fee_bps
+OASIS_SLIPPAGE_BPS = ENV.slippage_bps
 REDIS_URL = ENV.redis_url
 
 SECRET_KEY = ENV.secret_key

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal, localcontext
 from types import MappingProxyType
-from typing import Annotated, Any, Final
+from typing import Annotated, Any, Final, Literal
 
 from annotated_types import Ge, Gt, Le
 from pydantic import (
@@ -48,6 +48,7 @@ __all__ = [
     "RuleSpec",
     "Sizing",
     "SpecError",
+    "TripActions",
     "indicator_outputs",
     "parse_spec",
 ]
@@ -190,9 +191,24 @@ class ErrorBurst(BaseModel):
     window_s: Annotated[int, Ge(1), Le(86_400)] = 60
 
 
+TripState = Literal["halted", "reducing"]
+
+
+class TripActions(BaseModel):
+    """The kill-switch state each tripwire trips to: "halted" (nothing new) or "reducing" (only
+    orders that reduce a position)."""
+
+    model_config = _FROZEN
+    error_burst: TripState = "halted"
+    latency: TripState = "halted"
+    drawdown: TripState = "reducing"
+    stale_data: TripState = "halted"
+
+
 class KillSwitch(BaseModel):
     model_config = _FROZEN
     error_burst: ErrorBurst = ErrorBurst()
+    actions: TripActions = TripActions()
     latency_p95_ms: Annotated[int, Ge(1), Le(600_000)] = 500
     max_drawdown_pct: Percent = Decimal("10")
     stale_data_s: Annotated[int, Ge(1), Le(86_400)] = 120

@@ -1,0 +1,1 @@
+"""Where orders go: the dry-run broker (the one fill model) and the live broker (ccxt)."""

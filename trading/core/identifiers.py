@@ -1,0 +1,19 @@
+"""Client order ids: derived from the signal, so one signal can never become two orders — not
+after a retry, a restart or a second process. The exchange deduplicates on nothing else we
+control."""
+
+from __future__ import annotations
+
+import hashlib
+
+PREFIX = "oas-"
+_LENGTH = 32  # Binance takes up to 36 of [.A-Z:/a-z0-9_-]; Coinbase any string
+
+
+def client_order_id(*parts: object) -> str:
+    """`oas-` and 28 hex digits of SHA-256 over the parts (e.g. symbol, timeframe, candle open
+    time, rule version, action). Same parts, same id; 112 bits make a collision negligible."""
+    if not parts:
+        raise ValueError("a client order id needs at least one part")
+    digest = hashlib.sha256("|".join(str(part) for part in parts).encode()).hexdigest()
+    return PREFIX + digest[: _LENGTH - len(PREFIX)]

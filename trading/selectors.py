@@ -1,0 +1,188 @@
+"""Reads for execution: symbol filters, last prices, positions, balances, recent orders."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+from django.db.models import Max, Q
+
+from marketdata.core.timeframes import Timeframe, ms_from_datetime
+from marketdata.models import Candle, Symbol
+from rules.models import Signal
+from trading.core.positions import PositionState
+from trading.core.types import KillSwitchState, OrderReport, OrderStatus, OrderType, Side, SymbolFilters
+from trading.models import Balance, EquitySnapshot, KillSwitch, Order, Position
+
+OPEN_STATUSES = (OrderStatus.NEW, OrderStatus.SUBMITTED, OrderStatus.PARTIALLY_FILLED)
+
+
+def symbol_filters(symbol: Symbol) -> SymbolFilters:
+    """The symbol's filters now, from its row (kept current by symbol sync, with history in
+    its filter snapshots). PRICE_FILTER's min/max price and NOTIONAL's max come from the raw
+    filter list when the exchange sends them."""
+    raw = {item.get("filterType"): item for item in (symbol.filters or []) if isinstance(item, dict)}
+    price_filter = raw.get("PRICE_FILTER", {})
+    notional = raw.get("NOTIONAL", {})
+    return SymbolFilters(
+        tick_size=symbol.tick_size,
+        step_size=symbol.step_size,
+        min_qty=symbol.min_qty,
+        max_qty=symbol.max_qty if symbol.max_qty else None,
+        min_notional=symbol.min_notional,
+        min_price=_decimal(price_filter.get("minPrice")) or Decimal(0),
+        max_price=_decimal(price_filter.get("maxPrice")) or None,
+        max_notional=_decimal(notional.get("maxNotional")) or None,
+    )
+
+
+def _decimal(value: object) -> Decimal | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        number = Decimal(value)
+    except ArithmeticError:
+        return None
+    return number if number.is_finite() else None
+
+
+def candle_close(symbol_id: int, timeframe: str, open_time: datetime) -> Decimal | None:
+    return (
+        Candle.objects.filter(symbol_id=symbol_id, timeframe=timeframe, open_time=open_time, is_closed=True)
+        .values_list("close", flat=True)
+        .first()
+    )
+
+
+@dataclass(frozen=True)
+class LastPrice:
+    price: Decimal
+    close_ms: int  # when the candle it comes from closed
+
+
+def last_prices(symbol_ids: Iterable[int]) -> dict[int, LastPrice]:
+    """The close of each symbol's newest closed 1m candle."""
+    ids = list(symbol_ids)
+    if not ids:
+        return {}
+    newest = (
+        Candle.objects.filter(symbol_id__in=ids, timeframe=Timeframe.M1.value, is_closed=True)
+        .values("symbol_id")
+        .annotate(open_time=Max("open_time"))
+    )
+    condition = Q()
+    for row in newest:
+        condition |= Q(symbol_id=row["symbol_id"], open_time=row["open_time"])
+    if not condition:
+        return {}
+    rows = Candle.objects.filter(condition, timeframe=Timeframe.M1.value).values_list(
+        "symbol_id", "open_time", "close"
+    )
+    return {
+        symbol_id: LastPrice(close, ms_from_datetime(open_time) + Timeframe.M1.ms)
+        for symbol_id, open_time, close in rows
+    }
+
+
+def newest_candle_close_ms(symbol_ids: Iterable[int]) -> int | None:
+    """When the newest closed 1m candle of any of the symbols closed (None: no candle at all)."""
+    newest = Candle.objects.filter(
+        symbol_id__in=list(symbol_ids), timeframe=Timeframe.M1.value, is_closed=True
+    ).aggregate(open_time=Max("open_time"))["open_time"]
+    return None if newest is None else ms_from_datetime(newest) + Timeframe.M1.ms
+
+
+def ingest_latencies_ms(*, since: datetime, limit: int = 5000) -> list[float]:
+    """Close → stored, for streamed 1m candles that closed since `since` (a wall-clock view of
+    WS → persisted, which the kill switch watches)."""
+    rows = (
+        Candle.objects.filter(
+            timeframe=Timeframe.M1.value, source=Candle.Source.WS, open_time__gte=since - timedelta(minutes=1)
+        )
+        .order_by("-open_time")
+        .values_list("open_time", "ingested_at")[:limit]
+    )
+    return [
+        (ingested - opened).total_seconds() * 1000 - Timeframe.M1.ms for opened, ingested in rows if ingested
+    ]
+
+
+def order_latencies_ms(*, mode: str, since: datetime) -> list[float]:
+    rows = Order.objects.filter(
+        mode=mode, submitted_at__gte=since, acknowledged_at__isnull=False
+    ).values_list("submitted_at", "acknowledged_at")
+    return [(ack - sent).total_seconds() * 1000 for sent, ack in rows if sent and ack]
+
+
+def position_state(position: Position | None) -> PositionState:
+    if position is None:
+        return PositionState()
+    return PositionState(
+        quantity=position.quantity,
+        average_price=position.average_price,
+        realized_pnl=position.realized_pnl,
+        fees=position.fees,
+    )
+
+
+def positions(mode: str) -> dict[int, Position]:
+    return {p.symbol_id: p for p in Position.objects.filter(mode=mode)}
+
+
+def balances(mode: str) -> dict[str, Balance]:
+    return {b.asset: b for b in Balance.objects.filter(mode=mode)}
+
+
+def killswitch_state() -> KillSwitchState:
+    state = KillSwitch.objects.filter(pk=1).values_list("state", flat=True).first()
+    return KillSwitchState(state) if state else KillSwitchState.ACTIVE
+
+
+def open_orders(mode: str) -> list[Order]:
+    return list(
+        Order.objects.filter(mode=mode, status__in=OPEN_STATUSES).select_related("symbol").order_by("id")
+    )
+
+
+def recent_order_times(mode: str, *, since: datetime) -> list[tuple[int, int]]:
+    """(symbol id, ms) of every order that left (or tried to) since `since`."""
+    rows = Order.objects.filter(mode=mode, submitted_at__gte=since).values_list("symbol_id", "submitted_at")
+    return [(symbol_id, ms_from_datetime(at)) for symbol_id, at in rows if at is not None]
+
+
+def undecided_signals(*, since: datetime, limit: int) -> list[Signal]:
+    """Signals computed since `since` that the execution loop has not decided on, oldest first."""
+    return list(
+        Signal.objects.filter(computed_at__gte=since, decision__isnull=True)
+        .select_related("symbol", "rule_version")
+        .order_by("id")[:limit]
+    )
+
+
+def latest_equity(mode: str) -> EquitySnapshot | None:
+    return EquitySnapshot.objects.filter(mode=mode).order_by("-taken_at", "-id").first()
+
+
+def rejection_ratio(mode: str, *, since: datetime) -> tuple[int, int]:
+    """(rejected, all) orders created since `since`."""
+    orders = Order.objects.filter(mode=mode, created_at__gte=since)
+    return orders.filter(status=OrderStatus.REJECTED).count(), orders.count()
+
+
+def order_as_report(order: Order) -> OrderReport:
+    """An order row as a broker would report it (a `new` row that was sent reads as submitted)."""
+    return OrderReport(
+        client_order_id=order.client_order_id,
+        exchange_order_id=order.exchange_order_id or None,
+        symbol=order.symbol.symbol,
+        side=Side(order.side),
+        type=OrderType(order.type),
+        status=OrderStatus(order.status) if order.status != OrderStatus.NEW else OrderStatus.SUBMITTED,
+        quantity=order.quantity,
+        price=order.price,
+        filled_quantity=order.filled_quantity,
+        average_price=order.average_price,
+        updated_ms=ms_from_datetime(order.updated_at),
+    )

@@ -34,7 +34,7 @@ from trading.core import risk, tripwires
 from trading.core.identifiers import client_order_id
 from trading.core.types import KillSwitchState, OrderIntent, OrderType, Refusal, Side
 from trading.killswitch import killswitch_trip
-from trading.models import Order
+from trading.models import Mode, Order
 from trading.reconciliation import reconcile
 
 logger = structlog.get_logger(__name__)
@@ -267,13 +267,13 @@ class ExecutionLoop:
                 snapshot = selectors.latest_equity(mode)
                 equity = snapshot.equity if snapshot else context.free_quote
                 quote = equity * spec.sizing.equity_pct / 100
+            # Cut to the room under the position limits, not to the balance: a balance too
+            # small for what the rule asks is refused by name, not silently traded smaller.
             amount = risk.entry_quote_amount(
                 sizing_quote=quote,
                 limits=limits,
                 position_value=context.position_value,
                 total_exposure=context.total_exposure,
-                free_quote=context.free_quote,
-                taker_fee_bps=self.config.taker_fee_bps,
             )
             requested = quote / reference
             quantity = amount / reference
@@ -334,17 +334,25 @@ class ExecutionLoop:
         spec: RuleSpec,
         requested: Decimal,
         signal: Signal | None,
-        report: CycleReport,
+        report: CycleReport | None = None,
     ) -> Order:
         """Risk checks, the order row, then the broker. The row exists before the request leaves."""
+        report = report or CycleReport()
         context = self._context(symbol, intent.reference_price)
-        checked = risk.check(
-            intent,
-            filters=selectors.symbol_filters(symbol),
-            limits=limits_of(spec),
-            context=context,
-            exchange=self.config.exchange_limits,
-        )
+        checked: OrderIntent | Refusal
+        if symbol.exchange != self.config.exchange:
+            checked = Refusal(
+                UNKNOWN_SYMBOL,
+                f"{symbol.symbol} is a symbol of {symbol.exchange}, not of {self.config.exchange}",
+            )
+        else:
+            checked = risk.check(
+                intent,
+                filters=selectors.symbol_filters(symbol),
+                limits=limits_of(spec),
+                context=context,
+                exchange=self.config.exchange_limits,
+            )
         refusal = checked if isinstance(checked, Refusal) else None
         order = services.order_create(
             intent=intent if refusal else checked,  # type: ignore[arg-type]
@@ -381,6 +389,14 @@ class ExecutionLoop:
         except OutcomeUnknown as error:
             # Left `new` with submitted_at set: reconciliation asks the exchange about it.
             logger.error("order_outcome_unknown", client_order_id=order.client_order_id, detail=str(error))
+            return order
+        except Exception as error:  # a bug, not an exchange answer: never let it stop the loop
+            logger.exception("order_submit_failed", client_order_id=order.client_order_id)
+            if self.config.mode == Mode.DRY_RUN:
+                return services.order_reject(
+                    order=order, reason="internal_error", detail=f"{type(error).__name__}"
+                )
+            # Live: whether it left is unknown; reconciliation asks the exchange by client id.
             return order
         finally:
             self._reducing_submit = False

@@ -195,16 +195,18 @@ def entry_quote_amount(
     limits: RiskLimits,
     position_value: Decimal,
     total_exposure: Decimal,
-    free_quote: Decimal,
-    taker_fee_bps: Decimal,
+    free_quote: Decimal | None = None,
+    taker_fee_bps: Decimal = Decimal(0),
 ) -> Decimal:
     """How much quote an entry spends: what the rule asks for, cut to the room left under the
-    position limits and to what the free balance pays with its fee (never below zero)."""
+    position limits and, when `free_quote` is given, to what the free balance pays with its fee
+    (never below zero)."""
     room = min(
         limits.max_position_per_symbol - position_value,
         limits.max_position_total - total_exposure,
-        free_quote / (1 + taker_fee_bps / 10_000),
     )
+    if free_quote is not None:
+        room = min(room, free_quote / (1 + taker_fee_bps / 10_000))
     return max(Decimal(0), min(sizing_quote, room))
 
 

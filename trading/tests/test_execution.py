@@ -1,0 +1,303 @@
+"""The execution loop on signals it is handed: what becomes an order, what is refused and why
+(named, audited, counted, recorded on the row), and that nothing escapes the loop."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from django.core.cache import cache
+from django.test import TestCase
+from django.utils import timezone
+from prometheus_client import REGISTRY
+
+from audit.models import AuditEvent
+from marketdata.models import Candle, Symbol
+from marketdata.tests.factories import SymbolFactory
+from rules.models import RuleConfig, Signal
+from rules.services import rule_config_create, rule_version_activate, rule_version_create
+from trading.brokers.dry_run import DryRunBroker
+from trading.core.fills import FillModel
+from trading.core.types import KillSwitchState, OrderIntent, OrderStatus, OrderType, Side
+from trading.execution import ExecutionConfig, ExecutionLoop
+from trading.killswitch import killswitch_engage
+from trading.models import Order, Position, SignalDecision
+from trading.runner import paper_account_open
+
+pytestmark = pytest.mark.django_db
+
+T0 = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)
+SPEC: dict[str, Any] = {
+    "timeframes": ["1m"],
+    "entry": "close > open",
+    "exit": "close < open",
+    "sizing": {"quote_amount": "100"},
+    "limits": {"max_position_per_symbol": "500", "max_position_total": "1000"},
+}
+PRICE_FILTERS = [
+    {"filterType": "PRICE_FILTER", "minPrice": "1.00", "maxPrice": "1000000.00", "tickSize": "0.01"},
+    {"filterType": "LOT_SIZE", "minQty": "0.00001", "maxQty": "9000", "stepSize": "0.00001"},
+    {"filterType": "NOTIONAL", "minNotional": "5.00", "maxNotional": "9000000.00"},
+]
+
+
+@dataclass
+class Desk:
+    loop: ExecutionLoop
+    clock: list[float]
+    btc: Symbol
+    eth: Symbol
+    config: RuleConfig
+
+    def candle(self, minute: int, close: str = "50000.00", symbol: Symbol | None = None) -> Candle:
+        price = Decimal(close)
+        return Candle.objects.create(
+            symbol=symbol or self.btc,
+            timeframe="1m",
+            open_time=T0 + timedelta(minutes=minute),
+            open=price,
+            high=price,
+            low=price,
+            close=price,
+            volume=Decimal(1),
+            quote_volume=price,
+            trade_count=1,
+            is_closed=True,
+            source="ws",
+            ingested_at=T0 + timedelta(minutes=minute + 1),
+        )
+
+    def signal(self, action: str, minute: int = 0, symbol: Symbol | None = None) -> Signal:
+        """A signal on minute `minute`'s close; the clock moves to just after that close."""
+        symbol = symbol or self.btc
+        if not Candle.objects.filter(symbol=symbol, open_time=T0 + timedelta(minutes=minute)).exists():
+            self.candle(minute, symbol=symbol)
+        self.clock[0] = (T0 + timedelta(minutes=minute + 1, seconds=1)).timestamp()
+        self.config.refresh_from_db()
+        assert self.config.active_version is not None
+        return Signal.objects.create(
+            symbol=symbol,
+            timeframe="1m",
+            open_time=T0 + timedelta(minutes=minute),
+            rule_version=self.config.active_version,
+            action=action,
+            indicators={},
+            computed_at=timezone.now(),
+        )
+
+    def run(self) -> None:
+        # Metrics and broadcasts go out after commit; a test's transaction never commits.
+        with TestCase.captureOnCommitCallbacks(execute=True):
+            self.loop.cycle()
+
+
+def make_desk(spec: dict[str, Any] | None = None, *, balance: str = "1000") -> Desk:
+    cache.clear()
+    btc = SymbolFactory.create(symbol="BTCUSDT", base="BTC", filters=PRICE_FILTERS)
+    eth = SymbolFactory.create(symbol="ETHUSDT", base="ETH", filters=PRICE_FILTERS)
+    config = rule_config_create(
+        name="desk", description="", symbols=["BTCUSDT", "ETHUSDT"], spec=spec or SPEC, author="system:test"
+    )
+    rule_version_activate(version=config.versions.get(), actor="system:test")
+    paper_account_open(quote_asset="USDT", amount=Decimal(balance))
+    clock = [T0.timestamp()]
+    loop = ExecutionLoop(
+        broker_factory=lambda _loop: DryRunBroker(
+            exchange="sim", fill_model=FillModel(), clock_ms=lambda: int(clock[0] * 1000)
+        ),
+        config=ExecutionConfig(mode="dry_run", exchange="sim", tripwire_every_s=10**9),
+        clock=lambda: clock[0],
+    )
+    return Desk(loop=loop, clock=clock, btc=btc, eth=eth, config=config)
+
+
+@pytest.fixture
+def desk() -> Desk:
+    return make_desk()
+
+
+def rejections(reason: str) -> float:
+    return (
+        REGISTRY.get_sample_value("oasis_order_rejections_total", {"mode": "dry_run", "reason": reason})
+        or 0.0
+    )
+
+
+def only_order() -> Order:
+    (order,) = Order.objects.all()
+    return order
+
+
+def assert_refused(reason: str, before: float) -> Order:
+    order = only_order()
+    assert order.status == OrderStatus.REJECTED
+    assert order.reject_reason == reason
+    assert order.reject_detail
+    assert AuditEvent.objects.filter(action="trading.order.rejected", object_id=str(order.pk)).exists()
+    assert rejections(reason) == before + 1
+    return order
+
+
+def test_enter_then_exit_fills_and_closes_the_position(desk: Desk) -> None:
+    desk.signal("enter", minute=0)
+    desk.run()
+    buy = only_order()
+    assert (buy.side, buy.status) == ("buy", OrderStatus.FILLED)
+    assert buy.quantity == Decimal("0.00200")  # 100 USDT at 50,000, on the 0.00001 step
+    desk.candle(5, close="51000.00")
+    desk.signal("exit", minute=5)
+    desk.run()
+    sell = Order.objects.exclude(pk=buy.pk).get()
+    assert (sell.side, sell.status, sell.quantity) == ("sell", OrderStatus.FILLED, buy.quantity)
+    position = Position.objects.get(mode="dry_run", symbol=desk.btc)
+    assert position.quantity == 0
+    assert sell.average_price is not None
+    assert buy.average_price is not None
+    assert position.realized_pnl == (sell.average_price - buy.average_price) * buy.quantity
+    assert position.realized_pnl > 0
+
+
+def test_the_same_signal_never_makes_a_second_order(desk: Desk) -> None:
+    desk.signal("enter")
+    desk.run()
+    desk.run()
+    desk.loop.start()  # a restart reconciles; it must not resend either
+    desk.run()
+    assert Order.objects.count() == 1
+    assert SignalDecision.objects.count() == 1
+
+
+def test_exit_with_nothing_held_and_entry_while_in_are_skipped(desk: Desk) -> None:
+    for action, minute in (("exit", 0), ("enter", 1), ("enter", 2)):
+        desk.signal(action, minute=minute)
+        desk.run()
+    reasons = dict(SignalDecision.objects.values_list("signal__open_time__minute", "reason"))
+    assert reasons == {0: "no_position", 1: "", 2: "position_open"}
+    assert Order.objects.count() == 1
+
+
+def test_a_stale_signal_is_not_acted_on(desk: Desk) -> None:
+    desk.signal("enter", minute=0)
+    desk.clock[0] += 600  # the loop was down for ten minutes
+    desk.run()
+    assert not Order.objects.exists()
+    assert SignalDecision.objects.get().reason == "signal_stale"
+
+
+def test_a_signal_from_a_version_no_longer_active_is_skipped(desk: Desk) -> None:
+    signal = desk.signal("enter")
+    version = rule_version_create(
+        config=desk.config, spec={**SPEC, "entry": "close > high"}, symbols=["BTCUSDT"], author="system:test"
+    )
+    rule_version_activate(version=version, actor="system:test")
+    desk.run()
+    assert not Order.objects.exists()
+    assert SignalDecision.objects.get(signal=signal).reason == "version_inactive"
+
+
+def test_a_halted_symbol_is_refused_by_name(desk: Desk) -> None:
+    Symbol.objects.filter(pk=desk.btc.pk).update(status="BREAK")
+    before = rejections("symbol_not_trading")
+    desk.signal("enter")
+    desk.run()
+    order = assert_refused("symbol_not_trading", before)
+    assert "BTCUSDT" in order.reject_detail
+
+
+def test_a_symbol_of_another_exchange_is_refused_as_unknown(desk: Desk) -> None:
+    other = SymbolFactory.create(exchange="binance", symbol="BTCUSDT", base="BTC")
+    before = rejections("unknown_symbol")
+    desk.signal("enter", symbol=other)
+    desk.run()
+    assert_refused("unknown_symbol", before)
+
+
+def test_a_quantity_that_rounds_to_zero_is_refused() -> None:
+    desk = make_desk({**SPEC, "sizing": {"quote_amount": "0.1"}})
+    before = rejections("quantity_rounds_to_zero")
+    desk.signal("enter")
+    desk.run()
+    order = assert_refused("quantity_rounds_to_zero", before)
+    assert order.requested_quantity == Decimal("0.1") / Decimal("50000.00")
+
+
+def test_a_limit_price_outside_the_price_filter_is_refused(desk: Desk) -> None:
+    desk.candle(0)
+    before = rejections("price_out_of_range")
+    desk.clock[0] = (T0 + timedelta(minutes=1)).timestamp()
+    desk.loop.start()
+    spec = desk.loop._spec(desk.config.versions.get())
+    intent = OrderIntent(
+        "oas-manual-1",
+        "BTCUSDT",
+        Side.BUY,
+        OrderType.LIMIT,
+        Decimal("0.001"),
+        Decimal("50000"),
+        Decimal("0.5"),
+    )
+    with TestCase.captureOnCommitCallbacks(execute=True):
+        order = desk.loop.execute(intent, symbol=desk.btc, spec=spec, requested=intent.quantity, signal=None)
+    assert order.reject_reason == "price_out_of_range"
+    assert "0.5" in order.reject_detail
+    assert "1.00" in order.reject_detail
+    assert_refused("price_out_of_range", before)
+
+
+def test_a_balance_too_small_is_refused() -> None:
+    desk = make_desk(balance="50")
+    before = rejections("insufficient_balance")
+    desk.signal("enter")
+    desk.run()
+    order = assert_refused("insufficient_balance", before)
+    assert "50" in order.reject_detail
+
+
+def test_the_kill_switch_halts_entries_and_reducing_lets_only_exits_through(desk: Desk) -> None:
+    desk.signal("enter", minute=0)
+    desk.run()
+    killswitch_engage(state=KillSwitchState.REDUCING, reason="test", actor="system:test")
+    desk.signal("enter", minute=1)  # skipped: in a position already
+    other = desk.eth
+    desk.signal("enter", minute=1, symbol=other)
+    desk.run()
+    assert Order.objects.get(symbol=other).reject_reason == "kill_switch_reducing"
+    desk.signal("exit", minute=2)
+    desk.run()
+    assert Order.objects.get(symbol=desk.btc, side="sell").status == OrderStatus.FILLED
+    killswitch_engage(state=KillSwitchState.HALTED, reason="test", actor="system:test")
+    desk.signal("enter", minute=3)
+    desk.run()
+    assert Order.objects.filter(symbol=desk.btc).order_by("-id").first().reject_reason == "kill_switch_halted"  # type: ignore[union-attr]
+
+
+def test_cooldown_after_a_trade_refuses_the_next_entry() -> None:
+    desk = make_desk({**SPEC, "cooldowns": {"after_trade_s": 600}})
+    desk.signal("enter", minute=0)
+    desk.run()
+    desk.signal("exit", minute=1)
+    desk.run()
+    desk.signal("enter", minute=2)
+    desk.run()
+    last = Order.objects.order_by("-id").first()
+    assert last is not None
+    assert last.reject_reason == "cooldown_after_trade"
+    assert "600 s" in last.reject_detail
+
+
+def test_a_broker_that_blows_up_does_not_stop_the_loop(desk: Desk, monkeypatch: pytest.MonkeyPatch) -> None:
+    def explode(intent: OrderIntent) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(desk.loop.broker, "submit", explode)
+    desk.signal("enter", minute=0)
+    other = desk.eth
+    desk.signal("enter", minute=0, symbol=other)
+    desk.run()  # no exception
+    orders = list(Order.objects.order_by("id"))
+    assert [o.status for o in orders] == [OrderStatus.REJECTED, OrderStatus.REJECTED]
+    assert {o.reject_reason for o in orders} == {"internal_error"}
+    assert SignalDecision.objects.count() == 2

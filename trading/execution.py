@@ -95,6 +95,7 @@ class ExecutionLoop:
         self._last_tripwires = float("-inf")
         self._reducing_submit = False
         self._thresholds = tripwires.Thresholds()
+        self._started_ms = self._now_ms()
         self.broker: Broker = broker_factory(self)
 
     # The broker's hooks -------------------------------------------------------------------
@@ -127,6 +128,7 @@ class ExecutionLoop:
 
     def start(self) -> None:
         """At start: the thresholds, and reconciliation before any new order."""
+        self._started_ms = self._now_ms()
         self._thresholds = self._current_thresholds()
         self.reconcile()
 
@@ -189,7 +191,10 @@ class ExecutionLoop:
             ingest_latencies_ms=selectors.ingest_latencies_ms(since=since) if traded else (),
             order_latencies_ms=selectors.order_latencies_ms(mode=self.config.mode, since=since),
             equity=[equity.peak_equity, equity.equity] if equity else (),
-            newest_candle_close_ms=(selectors.newest_candle_close_ms(traded) or 0) if traded else None,
+            # No candle yet counts from the loop's start: a fresh install is not "stale".
+            newest_candle_close_ms=(selectors.newest_candle_close_ms(traded) or self._started_ms)
+            if traded
+            else None,
         )
         if trips and killswitch_trip(trips) is not None:
             logger.warning("kill_switch_tripped", trips=[t.reason for t in trips])

@@ -41,8 +41,12 @@ def killswitch_view() -> KillSwitchView:
     return KillSwitchView(KillSwitchState(row.state), row.reason, row.tripwire, row.since, row.changed_by)
 
 
-def killswitch_set(*, state: KillSwitchState, reason: str, actor: Actor, tripwire: str = "") -> KillSwitch:
-    """Put the kill switch in `state` for `reason`. A state change by hand needs a reason."""
+def killswitch_set(
+    *, state: KillSwitchState, reason: str, actor: Actor, tripwire: str = "", only_if_stricter: bool = False
+) -> KillSwitch | None:
+    """Put the kill switch in `state` for `reason`. A state change by hand needs a reason.
+    With `only_if_stricter` (automatic trips), nothing changes unless `state` is stricter than
+    the state found under the row lock, and None is returned."""
     if not isinstance(state, KillSwitchState):
         raise KillSwitchError(
             f"state must be one of {', '.join(s.value for s in KillSwitchState)}; got {state!r}"
@@ -56,6 +60,8 @@ def killswitch_set(*, state: KillSwitchState, reason: str, actor: Actor, tripwir
     with transaction.atomic():
         row = KillSwitch.objects.select_for_update().filter(pk=1).first()
         previous = KillSwitchState(row.state) if row else KillSwitchState.ACTIVE
+        if only_if_stricter and not is_stricter(state, previous):
+            return None
         now = timezone.now()
         if row is None:
             row = KillSwitch(pk=1)
@@ -90,11 +96,15 @@ def killswitch_set(*, state: KillSwitchState, reason: str, actor: Actor, tripwir
 def killswitch_engage(*, state: KillSwitchState, reason: str, actor: Actor) -> KillSwitch:
     if state is KillSwitchState.ACTIVE:
         raise KillSwitchError("engage to 'halted' or 'reducing'; use release to go back to active")
-    return killswitch_set(state=state, reason=reason, actor=actor)
+    row = killswitch_set(state=state, reason=reason, actor=actor)
+    assert row is not None
+    return row
 
 
 def killswitch_release(*, reason: str, actor: Actor) -> KillSwitch:
-    return killswitch_set(state=KillSwitchState.ACTIVE, reason=reason, actor=actor)
+    row = killswitch_set(state=KillSwitchState.ACTIVE, reason=reason, actor=actor)
+    assert row is not None
+    return row
 
 
 def killswitch_trip(trips: list[Trip]) -> KillSwitch | None:
@@ -110,7 +120,14 @@ def killswitch_trip(trips: list[Trip]) -> KillSwitch | None:
     if not is_stricter(strongest.state, current):
         return None
     reason = "; ".join(trip.reason for trip in trips)
-    metrics.KILLSWITCH_TRIPS.labels(tripwire=strongest.tripwire).inc()
-    return killswitch_set(
-        state=strongest.state, reason=reason, actor="system:killswitch", tripwire=strongest.tripwire
+    row = killswitch_set(
+        state=strongest.state,
+        reason=reason,
+        actor="system:killswitch",
+        tripwire=strongest.tripwire,
+        only_if_stricter=True,
     )
+    if row is not None:
+        tripwire = strongest.tripwire
+        transaction.on_commit(lambda: metrics.KILLSWITCH_TRIPS.labels(tripwire=tripwire).inc())
+    return row

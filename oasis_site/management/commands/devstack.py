@@ -1,4 +1,5 @@
-"""`make run`'s supervisor: the simulated exchange, symbol sync, ingestion and the web server.
+"""`make run`'s supervisor: the simulated exchange, symbol sync, ingestion, the execution loop
+(dry-run unless the live_trading flag is on) and the web server.
 
 All run as child processes of this one; Ctrl-C (or SIGTERM) stops them all, ingestion first
 draining its buffers. If any child dies, the others are stopped and the exit code says so.
@@ -95,6 +96,7 @@ class Command(BaseCommand):
                 "--lookback",
                 "300",
             )
+            start("trade", "trade", "--exchange", profile.name)
             start("web", "serve")
             while not stopping:
                 for name, child in children:

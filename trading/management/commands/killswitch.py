@@ -34,8 +34,8 @@ class Command(BaseCommand):
             except KillSwitchError as error:
                 raise CommandError(str(error)) from None
         view = killswitch_view()
-        since = view.since.isoformat() if view.since else "never changed"
-        self.stdout.write(f"kill switch: {view.state.value.upper()} since {since}")
+        since = f"since {view.since.isoformat()}" if view.since else "(never changed)"
+        self.stdout.write(f"kill switch: {view.state.value.upper()} {since}")
         if view.reason:
             self.stdout.write(f"reason: {view.reason}")
         if view.changed_by:

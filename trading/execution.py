@@ -35,7 +35,7 @@ from trading.core.identifiers import client_order_id
 from trading.core.types import KillSwitchState, OrderIntent, OrderType, Refusal, Side
 from trading.killswitch import killswitch_trip
 from trading.models import Mode, Order
-from trading.reconciliation import reconcile
+from trading.reconciliation import reconcile, with_fills
 
 logger = structlog.get_logger(__name__)
 
@@ -60,6 +60,9 @@ class ExecutionConfig:
     # has moved since. Seconds after its candle closed.
     max_signal_age_s: int = 120
     reconcile_every_s: float = 60.0
+    # A request sent less than this long ago may still be on its way to the exchange: an order
+    # not found yet is only declared missing after it.
+    in_flight_s: float = 30.0
     equity_every_s: float = 60.0
     tripwire_every_s: float = 5.0
     latency_window: timedelta = timedelta(minutes=5)
@@ -164,7 +167,14 @@ class ExecutionLoop:
     def reconcile(self) -> None:
         self._last_reconcile = self.clock()
         try:
-            reconcile(broker=self.broker, mode=self.config.mode, exchange=self.config.exchange)
+            self.broker.prepare()
+            reconcile(
+                broker=self.broker,
+                mode=self.config.mode,
+                exchange=self.config.exchange,
+                now=self._now(),
+                in_flight=timedelta(seconds=self.config.in_flight_s),
+            )
         except BrokerError as error:
             self.on_broker_error("reconcile", str(error))
 
@@ -392,9 +402,9 @@ class ExecutionLoop:
         except BrokerUnavailable as error:
             return services.order_reject(order=order, reason=error.reason, detail=str(error))
         except OutcomeUnknown as error:
-            # Left `new` with submitted_at set: reconciliation asks the exchange about it.
+            # Reconciliation asks the exchange about it; it is never resent blindly.
             logger.error("order_outcome_unknown", client_order_id=order.client_order_id, detail=str(error))
-            return order
+            return services.order_outcome_unknown(order=order, detail=str(error), now=self._now())
         except Exception as error:  # a bug, not an exchange answer: never let it stop the loop
             logger.exception("order_submit_failed", client_order_id=order.client_order_id)
             if self.config.mode == Mode.DRY_RUN:
@@ -406,6 +416,10 @@ class ExecutionLoop:
         finally:
             self._reducing_submit = False
         metrics.ORDER_LATENCY.labels(mode=self.config.mode).observe(time.perf_counter() - started)
+        try:
+            answer = with_fills(self.broker, order, answer)
+        except BrokerError as error:  # the order stands; its fills come with reconciliation
+            logger.warning("fills_not_fetched", client_order_id=order.client_order_id, detail=str(error))
         return services.order_apply_report(order=order, report=answer, acknowledged=True, now=self._now())
 
     def _fill_resting(self) -> int:

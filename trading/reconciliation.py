@@ -14,7 +14,7 @@ Every correction is audited (the services do it) and counted.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 import structlog
@@ -42,9 +42,16 @@ class ReconcileReport:
     positions_corrected: list[str] = field(default_factory=list)
 
 
-def reconcile(*, broker: Broker, mode: str, exchange: str) -> ReconcileReport:
+def reconcile(
+    *,
+    broker: Broker,
+    mode: str,
+    exchange: str,
+    now: datetime | None = None,
+    in_flight: timedelta = IN_FLIGHT,
+) -> ReconcileReport:
     report = ReconcileReport()
-    now = timezone.now()
+    now = now or timezone.now()
     for order in selectors.open_orders(mode):
         if order.exchange != exchange:
             continue
@@ -61,7 +68,7 @@ def reconcile(*, broker: Broker, mode: str, exchange: str) -> ReconcileReport:
         answer = broker.fetch_order(order.symbol.symbol, order.client_order_id)
         if answer is None:
             sent = order.submitted_at or order.created_at
-            if now - sent >= IN_FLIGHT:
+            if now - sent >= in_flight:
                 services.order_apply_report(
                     order=order,
                     report=_missing(order),
@@ -71,8 +78,7 @@ def reconcile(*, broker: Broker, mode: str, exchange: str) -> ReconcileReport:
                 report.orders_missing.append(order.client_order_id)
                 metrics.RECONCILE_CORRECTIONS.labels(kind="order_missing").inc()
             continue
-        if answer.filled_quantity > sum((f.quantity for f in answer.fills), Decimal(0)):
-            answer = replace(answer, fills=tuple(_fills_of(broker, order, answer.exchange_order_id)))
+        answer = with_fills(broker, order, answer)
         before = (order.status, order.filled_quantity)
         updated = services.order_apply_report(order=order, report=answer, acknowledged=True, actor=ACTOR)
         if (updated.status, updated.filled_quantity) != before:
@@ -103,6 +109,14 @@ def _missing(order: Order) -> OrderReport:
     return replace(
         selectors.order_as_report(order), status=OrderStatus.EXPIRED, reject_reason="not on the exchange"
     )
+
+
+def with_fills(broker: Broker, order: Order, answer: OrderReport) -> OrderReport:
+    """`answer` with its fills: an order looked up (rather than answered when placed) comes
+    without them, so they are fetched from the account's trades."""
+    if answer.filled_quantity <= sum((f.quantity for f in answer.fills), Decimal(0)):
+        return answer
+    return replace(answer, fills=tuple(_fills_of(broker, order, answer.exchange_order_id)))
 
 
 def _fills_of(broker: Broker, order: Order, exchange_order_id: str | None) -> list[ExecutedFill]:

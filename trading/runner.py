@@ -73,7 +73,11 @@ def execution_loop(*, exchange: str) -> ExecutionLoop:
 
     return ExecutionLoop(
         broker_factory=lambda loop: LiveBroker(
-            exchange=exchange, credentials=credentials, gate=loop.gate, on_error=loop.on_broker_error
+            exchange=exchange,
+            credentials=credentials,
+            rest_url=settings.OASIS_EXCHANGE_URLS.get(exchange, {}).get("rest"),
+            gate=loop.gate,
+            on_error=loop.on_broker_error,
         ),
         config=config,
     )

@@ -150,6 +150,26 @@ def order_mark_sent(*, order: Order, now: datetime | None = None) -> None:
     Order.objects.filter(pk=order.pk).update(submitted_at=order.submitted_at, updated_at=order.updated_at)
 
 
+def order_outcome_unknown(*, order: Order, detail: str, now: datetime | None = None) -> Order:
+    """The request left but its fate could not be learned: `submitted`, for reconciliation to
+    settle by asking the exchange (never by resending blindly)."""
+    with transaction.atomic():
+        order = Order.objects.select_for_update().select_related("symbol").get(pk=order.pk)
+        if order.status != OrderStatus.NEW:
+            return order
+        order.status = OrderStatus.SUBMITTED
+        order.updated_at = now or timezone.now()
+        order.save(update_fields=["status", "updated_at"])
+        audit_record(
+            actor="system:execution",
+            action="trading.order.outcome_unknown",
+            obj=order,
+            payload={**_order_payload(order), "detail": detail},
+        )
+        _broadcast_order(order)
+    return order
+
+
 def order_reject(*, order: Order, reason: str, detail: str, actor: Actor = "system:execution") -> Order:
     """The order will not reach the exchange (or the exchange refused it)."""
     with transaction.atomic():

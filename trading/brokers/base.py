@@ -49,6 +49,10 @@ class Halted(BrokerError):
 class Broker(Protocol):
     mode: str  # "dry_run" | "live"
 
+    def prepare(self) -> None:
+        """Anything to load before the first order (markets); called at the loop's start."""
+        ...
+
     def submit(self, intent: OrderIntent) -> OrderReport: ...
 
     def fetch_order(self, symbol: str, client_order_id: str) -> OrderReport | None: ...

@@ -49,6 +49,9 @@ class DryRunBroker:
             self._symbols[name] = symbol
         return self._symbols[name]
 
+    def prepare(self) -> None:
+        """Nothing to load: the paper account and the candles are in the database."""
+
     def submit(self, intent: OrderIntent) -> OrderReport:
         symbol = self._symbol(intent.symbol)
         now = self._clock()

@@ -1,0 +1,992 @@
+"""The live broker: orders on an exchange (or the simulator) through ccxt's synchronous client.
+
+Binance-family exchanges (profiles `sim`, `binance`, `binanceus`) are driven through ccxt's raw
+Spot endpoints (`privatePostOrder`, `privateGetOrder`, …) and Coinbase through its Advanced Trade
+v3 endpoints, never through ccxt's unified order methods: those turn every number into a float,
+while quantities and prices must travel as exact decimal strings both ways. ccxt still signs,
+throttles and maps errors, and its loaded markets map our symbols to the exchange's.
+
+Failures and what is done about them:
+
+- 429 (`rate_limited`), 418 (`banned`): the exchange refused the request before looking at it.
+  Wait (its Retry-After when given, else exponential backoff with jitter) and try again.
+- 5xx (`server_error`), timeouts (`timeout`) and connection errors (`network`): for a submit, the
+  exchange may or may not hold the order. Before anything is resent, the order is looked up by our
+  client order id: found, it is the answer (nothing is resent); definitely absent, it is resent
+  with the same client order id; the lookup itself failing every time raises `OutcomeUnknown`.
+- Any other 4xx: the exchange answered and refused; never retried (`OrderRefused` for a submit).
+
+Every failed attempt is reported through `on_error(kind, detail)` before anything else happens,
+and `gate()` is asked before every submit attempt (the kill switch: False raises `Halted` without
+sending). Only submits are gated: lookups, cancels and reads must keep working while the switch
+is engaged. Every message that leaves this module, raised or logged, has been through the
+credentials' `Redactor`.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import re
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
+from functools import partial
+from typing import Any, NoReturn, TypeVar
+
+import ccxt
+import orjson
+import structlog
+
+from marketdata.exchanges import exchange_profile
+from marketdata.ingest.rest import ccxt_client
+from trading.brokers.base import BrokerError, BrokerUnavailable, Halted, OrderRefused, OutcomeUnknown
+from trading.core.types import (
+    BalanceLine,
+    ExecutedFill,
+    OrderIntent,
+    OrderReport,
+    OrderStatus,
+    OrderType,
+    Side,
+)
+from trading.credentials import ExchangeCredentials, Redactor
+
+logger = structlog.get_logger(__name__)
+# ccxt logs every request and response at DEBUG, API key header and signed URL included: its
+# clients here log through this logger, which never passes DEBUG on, whatever the root level.
+_CCXT_LOGGER = logging.getLogger(f"{__name__}.ccxt")
+_CCXT_LOGGER.setLevel(logging.INFO)
+
+T = TypeVar("T")
+
+BINANCE_FAMILY = ("sim", "binance", "binanceus")
+EXCHANGES = (*BINANCE_FAMILY, "coinbase")
+
+# Failure kinds reported to on_error; the first five are worth another attempt.
+SERVER_ERROR, RATE_LIMITED, BANNED, TIMEOUT, NETWORK = (
+    "server_error",
+    "rate_limited",
+    "banned",
+    "timeout",
+    "network",
+)
+_TRANSIENT = frozenset({SERVER_ERROR, RATE_LIMITED, BANNED, TIMEOUT, NETWORK})
+_MAYBE_DONE = frozenset({SERVER_ERROR, TIMEOUT, NETWORK})  # the request may have been carried out
+_NOT_FOUND, _AUTH, _REFUSED = "not_found", "auth", "refused"
+
+_DAY_MS = 86_400_000
+
+
+@dataclass(frozen=True)
+class _Failure:
+    kind: str
+    message: str  # redacted
+    status: int | None
+    retry_after_s: float | None = None
+
+    @property
+    def transient(self) -> bool:
+        return self.kind in _TRANSIENT
+
+    @property
+    def maybe_done(self) -> bool:
+        return self.kind in _MAYBE_DONE
+
+
+class _OrderAbsent(Exception):
+    """A venue established that the exchange holds no order with this client order id."""
+
+
+class _PlaceRefused(Exception):
+    """An exchange answered a placement with HTTP 200 and a refusal (Coinbase's success: false)."""
+
+
+class LiveBroker:
+    """The `Broker` for real money. Construct with the exchange name (`sim`, `binance`,
+    `binanceus`, `coinbase`) and its credentials; `rest_url` overrides the exchange's REST base
+    (for the Binance family the environment's OASIS_<EXCHANGE>_REST_URL, or a simulator in tests).
+    One caller at a time: the client and what the last response said are not shared safely.
+
+    After every response `used_weight` (X-MBX-USED-WEIGHT-1M) and `orders_10s`
+    (X-MBX-ORDER-COUNT-10S) hold the exchange's last counts, when it sends them."""
+
+    mode = "live"
+
+    def __init__(
+        self,
+        *,
+        exchange: str,
+        credentials: ExchangeCredentials,
+        rest_url: str | None = None,
+        gate: Callable[[], bool] | None = None,
+        on_error: Callable[[str, str], None] | None = None,
+        max_attempts: int = 4,
+        base_delay_s: float = 0.5,
+        max_delay_s: float = 30.0,
+        ban_delay_s: float = 120.0,
+        max_wait_s: float = 60.0,
+        timeout_ms: int = 10_000,
+        sleep: Callable[[float], None] = time.sleep,
+        rng: random.Random | None = None,
+    ) -> None:
+        """`max_attempts` bounds every call (and, for a submit, the lookups after each unknown
+        outcome). Waits grow from `base_delay_s`, doubling to at most `max_delay_s`, with jitter;
+        a ban without Retry-After waits `ban_delay_s`; a wait longer than `max_wait_s` is not
+        waited for: the call fails at once (BrokerUnavailable, or OutcomeUnknown when a submit's
+        fate is open). `timeout_ms` is ccxt's per-request timeout."""
+        if exchange not in EXCHANGES:
+            raise ValueError(f"unknown exchange {exchange!r}; valid: {', '.join(EXCHANGES)}")
+        if max_attempts < 1:
+            raise ValueError(f"max_attempts {max_attempts} must be >= 1")
+        self.exchange = exchange
+        self._redact = Redactor(credentials)
+        self._gate = gate or (lambda: True)
+        self._on_error = on_error or (lambda kind, detail: None)
+        self._max_attempts = max_attempts
+        self._base_delay_s = base_delay_s
+        self._max_delay_s = max_delay_s
+        self._ban_delay_s = ban_delay_s
+        self._max_wait_s = max_wait_s
+        self._sleep = sleep
+        self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
+        self.used_weight: int | None = None
+        self.orders_10s: int | None = None
+        # What the last response of the call under way said (None: no response).
+        self._status: int | None = None
+        self._headers: Mapping[str, str] = {}
+        self._body: str = ""
+        self._client = self._build_client(exchange, credentials, rest_url, timeout_ms)
+        self._venue: _Venue = _Coinbase(self._client) if exchange == "coinbase" else _Binance(self._client)
+        self._markets: dict[str, str] | None = None  # our symbol → exchange market id
+
+    def _build_client(
+        self, exchange: str, credentials: ExchangeCredentials, rest_url: str | None, timeout_ms: int
+    ) -> Any:
+        config: dict[str, Any] = {
+            "apiKey": credentials.api_key,
+            "secret": credentials.secret,
+            "timeout": timeout_ms,
+            "logger": _CCXT_LOGGER,
+        }
+        if credentials.password:
+            config["password"] = credentials.password
+        if exchange == "coinbase":
+            client = ccxt.coinbase({"enableRateLimit": True, **config})
+            if rest_url:
+                client.urls["api"]["rest"] = rest_url
+        else:
+            profile = exchange_profile(
+                exchange, overrides={exchange: {"rest": rest_url}} if rest_url else None
+            )
+            client = ccxt_client(profile, async_client=False, **config)
+        original = client.on_rest_response
+
+        def observe(
+            code: Any,
+            reason: Any,
+            url: Any,
+            method: Any,
+            response_headers: Any,
+            response_body: Any,
+            request_headers: Any,
+            request_body: Any,
+        ) -> Any:
+            self._observe(code, response_headers, response_body)
+            return original(
+                code, reason, url, method, response_headers, response_body, request_headers, request_body
+            )
+
+        # ccxt hands every HTTP answer to on_rest_response before judging it: the one place to
+        # see the status (418 and 429 both raise DDoSProtection) and the limit headers.
+        client.on_rest_response = observe
+        return client
+
+    def _observe(self, status: Any, headers: Any, body: Any) -> None:
+        self._status = int(status) if status is not None else None
+        self._headers = headers or {}
+        self._body = body if isinstance(body, str) else ""
+        weight = _header_int(self._headers, "X-MBX-USED-WEIGHT-1M")
+        if weight is not None:
+            self.used_weight = weight
+        orders = _header_int(self._headers, "X-MBX-ORDER-COUNT-10S")
+        if orders is not None:
+            self.orders_10s = orders
+
+    # Broker --------------------------------------------------------------------------------
+
+    def submit(self, intent: OrderIntent) -> OrderReport:
+        cid = intent.client_order_id
+        where = f"submit {intent.symbol} {cid}"
+        try:
+            # Loading the markets is part of sending this order: gated like the order itself.
+            market_id = self._market_id(intent.symbol, gated=True)
+        except BrokerError as error:
+            if error.reason == "unknown_symbol":
+                raise OrderRefused(str(error), reason="unknown_symbol") from None
+            raise
+        failure: _Failure | None = None
+        for attempt in range(1, self._max_attempts + 1):
+            if not self._gate():
+                logger.warning("broker_halted", exchange=self.exchange, call=where, attempt=attempt)
+                raise Halted(f"{where}: the kill switch closed the gate; nothing sent (attempt {attempt})")
+            try:
+                raw = self._once(lambda: self._venue.place(intent, market_id))
+                return self._venue.placed(raw, intent)
+            except _PlaceRefused as refusal:
+                raise OrderRefused(f"{where}: the exchange refused: {self._redact(refusal)}") from None
+            except (ccxt.BaseError, _OrderAbsent) as error:
+                failure = self._failure(error)
+            if failure.kind == _REFUSED and attempt > 1 and self._venue.is_duplicate(self._body):
+                # A resend met the order we had looked for in vain (it arrived late): it is ours.
+                found = self._lookup(intent, market_id, where)
+                if found is not None:
+                    return found
+            if not failure.transient:
+                reason = "exchange_auth_failed" if failure.kind == _AUTH else "exchange_rejected"
+                logger.warning("broker_refused", exchange=self.exchange, call=where, detail=failure.message)
+                raise OrderRefused(f"{where}: the exchange refused: {failure.message}", reason=reason)
+            self._reported(where, failure, attempt)
+            wait = self._wait(failure, attempt)
+            if failure.maybe_done:
+                if wait is None:
+                    raise OutcomeUnknown(
+                        f"{where}: {failure.kind} ({failure.message}), and the exchange asks to wait "
+                        f"longer than {self._max_wait_s:g} s before the order can be looked up"
+                    )
+                self._sleep(wait)
+                found = self._lookup(intent, market_id, where)
+                if found is not None:
+                    return found
+                # Definitely absent: resending with the same client order id is safe.
+            elif attempt < self._max_attempts:
+                if wait is None:
+                    break
+                self._sleep(wait)
+        assert failure is not None
+        raise BrokerUnavailable(
+            f"{where}: not placed after {attempt} attempt(s); last: {failure.kind}: {failure.message}"
+        )
+
+    def prepare(self) -> None:
+        """Load the exchange's markets now (at start), not on the first order."""
+        if self._markets is None:
+            self._markets = _market_ids(self._call("load_markets", lambda: self._client.load_markets()))
+
+    def fetch_order(self, symbol: str, client_order_id: str) -> OrderReport | None:
+        market_id = self._market_id(symbol)
+        try:
+            raw = self._call(
+                f"fetch_order {symbol} {client_order_id}",
+                lambda: self._venue.query(market_id, client_order_id),
+            )
+        except _Absent:
+            return None
+        return self._venue.report(raw, symbol)
+
+    def cancel(self, symbol: str, client_order_id: str) -> OrderReport:
+        """Cancel an open order. An order that is no longer open (filled, or canceled by an
+        earlier attempt whose answer was lost) is reported as it stands; one the exchange never
+        had raises BrokerError(reason="order_not_found")."""
+        market_id = self._market_id(symbol)
+        where = f"cancel {symbol} {client_order_id}"
+        try:
+            raw = self._call(where, lambda: self._venue.cancel(market_id, client_order_id))
+        except _Absent:
+            report = self.fetch_order(symbol, client_order_id)
+            if report is None:
+                raise BrokerError(
+                    f"{where}: the exchange has no such order", reason="order_not_found"
+                ) from None
+            if not report.status.is_final:
+                raise BrokerError(
+                    f"{where}: the exchange refused to cancel an order it reports {report.status}",
+                    reason="cancel_rejected",
+                ) from None
+            return report
+        return self._venue.report(raw, symbol)
+
+    def open_orders(self, symbols: Iterable[str]) -> list[OrderReport]:
+        """Open orders of `symbols` (an empty iterable: of every symbol, in one request)."""
+        names = list(symbols)
+        reports: list[OrderReport] = []
+        if not names:
+            raws = self._call("open_orders", lambda: self._venue.open_orders(None))
+            return [self._venue.report(raw, None) for raw in raws]
+        for symbol in names:
+            market_id = self._market_id(symbol)
+            raws = self._call(f"open_orders {symbol}", partial(self._venue.open_orders, market_id))
+            reports.extend(self._venue.report(raw, symbol) for raw in raws)
+        return reports
+
+    def fills(self, symbol: str, *, since_ms: int) -> list[tuple[str, ExecutedFill]]:
+        market_id = self._market_id(symbol)
+        found = self._venue.trades(
+            market_id, since_ms, lambda what, fn: self._call(f"fills {symbol} {what}", fn)
+        )
+        return sorted(found, key=lambda pair: pair[1].time_ms)  # stable: the exchange's order within a ms
+
+    def balances(self) -> list[BalanceLine]:
+        return self._venue.balances(lambda what, fn: self._call(f"balances {what}", fn))
+
+    def close(self) -> None:
+        close = getattr(self._client, "close", None)
+        if callable(close):
+            close()
+
+    # Calls, retries, classification --------------------------------------------------------
+
+    def _market_id(self, symbol: str, *, gated: bool = False) -> str:
+        if self._markets is None:
+            markets = self._call("load_markets", lambda: self._client.load_markets(), gated=gated)
+            self._markets = _market_ids(markets)
+        try:
+            return self._markets[symbol]
+        except KeyError:
+            raise BrokerError(
+                f"{self.exchange} lists no spot market {symbol!r}", reason="unknown_symbol"
+            ) from None
+
+    def _once(self, fn: Callable[[], T]) -> T:
+        self._status, self._headers, self._body = None, {}, ""
+        return fn()
+
+    def _call(self, where: str, fn: Callable[[], T], *, gated: bool = False) -> T:
+        """`fn` (one request) with retries of transient failures. A refusal raises BrokerError,
+        an order the exchange does not have raises _Absent, exhausted retries BrokerUnavailable.
+        `gated`: the gate is asked before every attempt, and a closed gate raises Halted."""
+        failure: _Failure | None = None
+        for attempt in range(1, self._max_attempts + 1):
+            if gated and not self._gate():
+                logger.warning("broker_halted", exchange=self.exchange, call=where, attempt=attempt)
+                raise Halted(f"{where}: the kill switch closed the gate; nothing sent (attempt {attempt})")
+            try:
+                return self._once(fn)
+            except (ccxt.BaseError, _OrderAbsent) as error:
+                failure = self._failure(error)
+            if failure.kind == _NOT_FOUND:
+                raise _Absent(failure.message)
+            if not failure.transient:
+                self._refused(where, failure)
+            self._reported(where, failure, attempt)
+            if attempt == self._max_attempts:
+                break
+            wait = self._wait(failure, attempt)
+            if wait is None:
+                break
+            self._sleep(wait)
+        assert failure is not None
+        raise BrokerUnavailable(f"{where}: failed ({failure.kind}): {failure.message}")
+
+    def _lookup(self, intent: OrderIntent, market_id: str, where: str) -> OrderReport | None:
+        """After a submit's unknown outcome: the order as the exchange holds it, None when it
+        definitely holds none, OutcomeUnknown when it cannot be asked."""
+        cid = intent.client_order_id
+        try:
+            raw = self._call(f"{where} lookup", lambda: self._venue.query(market_id, cid))
+        except _Absent:
+            logger.info("broker_order_absent", exchange=self.exchange, call=where)
+            return None
+        except BrokerError as error:
+            raise OutcomeUnknown(
+                f"{where}: the answer was lost and the order could not be looked up: {error}"
+            ) from None
+        logger.info("broker_order_found", exchange=self.exchange, call=where)
+        return self._venue.report(raw, intent.symbol)
+
+    def _failure(self, error: Exception) -> _Failure:
+        status = self._status
+        if isinstance(error, _OrderAbsent):
+            return _Failure(kind=_NOT_FOUND, message=self._redact(error), status=status)
+        code = self._venue.error_code(self._body) if status is not None else None
+        message = self._redact(self._venue.error_text(self._body) if status is not None else "")
+        if not message:
+            message = self._redact(f"{type(error).__name__}: {error}")
+        retry_after = _header_float(self._headers, "Retry-After") if status is not None else None
+        if status == 418:
+            kind = BANNED
+        elif status == 429 or code in self._venue.rate_limit_codes:
+            kind = RATE_LIMITED
+        elif status is not None and status >= 500:
+            kind = SERVER_ERROR
+        elif isinstance(error, ccxt.RequestTimeout) or code in self._venue.unknown_outcome_codes:
+            kind = TIMEOUT
+        elif (
+            code in self._venue.not_found_codes
+            or status in self._venue.not_found_statuses
+            or isinstance(error, ccxt.OrderNotFound)
+        ):
+            kind = _NOT_FOUND
+        elif status == 401 or code in self._venue.auth_codes or isinstance(error, ccxt.AuthenticationError):
+            kind = _AUTH
+        elif status is None and isinstance(error, ccxt.NetworkError):
+            kind = NETWORK
+        elif status is not None and status < 300:
+            # A 2xx answer ccxt could not make sense of: whatever it was, it may have been done.
+            kind = SERVER_ERROR
+        else:
+            kind = _REFUSED
+        return _Failure(kind=kind, message=message, status=status, retry_after_s=retry_after)
+
+    def _reported(self, where: str, failure: _Failure, attempt: int) -> None:
+        detail = f"{where}: {failure.message}"
+        if failure.status is not None:
+            detail = f"{where}: HTTP {failure.status}: {failure.message}"
+        logger.warning(
+            "broker_attempt_failed", exchange=self.exchange, kind=failure.kind, attempt=attempt, detail=detail
+        )
+        self._on_error(failure.kind, detail)
+
+    def _refused(self, where: str, failure: _Failure) -> NoReturn:
+        reason = "exchange_auth_failed" if failure.kind == _AUTH else "exchange_rejected"
+        logger.warning("broker_refused", exchange=self.exchange, call=where, detail=failure.message)
+        raise BrokerError(f"{where}: the exchange refused: {failure.message}", reason=reason)
+
+    def _wait(self, failure: _Failure, attempt: int) -> float | None:
+        """Seconds to wait before the next attempt; None when that is more than max_wait_s."""
+        ceiling = min(self._max_delay_s, self._base_delay_s * 2 ** (attempt - 1))
+        wait = self._rng.uniform(ceiling / 2, ceiling)
+        if failure.retry_after_s is not None:
+            wait = max(wait, failure.retry_after_s)
+        elif failure.kind == BANNED:
+            wait = max(wait, self._ban_delay_s)
+        if wait > self._max_wait_s:
+            logger.warning(
+                "broker_wait_too_long", exchange=self.exchange, kind=failure.kind, wait_s=round(wait, 3)
+            )
+            return None
+        return wait
+
+
+class _Absent(BrokerError):
+    """The exchange holds no such order (internal: fetch_order answers None, cancel looks)."""
+
+    reason = "order_not_found"
+
+
+# Venues ------------------------------------------------------------------------------------
+
+Call = Callable[[str, Callable[[], Any]], Any]
+
+
+class _Venue:
+    """One exchange API's requests and the conversion of its answers. The broker retries a
+    method without `call` as a whole; those given `call` (paged reads) make each of their
+    requests through it."""
+
+    not_found_codes: frozenset[int] = frozenset()
+    not_found_statuses: frozenset[int] = frozenset()
+    auth_codes: frozenset[int] = frozenset()
+    rate_limit_codes: frozenset[int] = frozenset()
+    unknown_outcome_codes: frozenset[int] = frozenset()
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+
+    def place(self, intent: OrderIntent, market_id: str) -> Any:
+        raise NotImplementedError
+
+    def placed(self, raw: Any, intent: OrderIntent) -> OrderReport:
+        raise NotImplementedError
+
+    def query(self, market_id: str, client_order_id: str) -> Any:
+        raise NotImplementedError
+
+    def cancel(self, market_id: str, client_order_id: str) -> Any:
+        raise NotImplementedError
+
+    def open_orders(self, market_id: str | None) -> list[Any]:
+        raise NotImplementedError
+
+    def trades(self, market_id: str, since_ms: int, call: Call) -> list[tuple[str, ExecutedFill]]:
+        raise NotImplementedError
+
+    def balances(self, call: Call) -> list[BalanceLine]:
+        raise NotImplementedError
+
+    def report(self, raw: Any, symbol: str | None) -> OrderReport:
+        raise NotImplementedError
+
+    def is_duplicate(self, body: str) -> bool:
+        return False
+
+    def error_code(self, body: str) -> int | None:
+        return None
+
+    def error_text(self, body: str) -> str:
+        return ""
+
+
+_BINANCE_STATUS = {
+    "NEW": OrderStatus.SUBMITTED,
+    "PENDING_NEW": OrderStatus.SUBMITTED,
+    "PARTIALLY_FILLED": OrderStatus.PARTIALLY_FILLED,
+    "FILLED": OrderStatus.FILLED,
+    "CANCELED": OrderStatus.CANCELED,
+    "PENDING_CANCEL": OrderStatus.CANCELED,
+    "REJECTED": OrderStatus.REJECTED,
+    "EXPIRED": OrderStatus.EXPIRED,
+    "EXPIRED_IN_MATCH": OrderStatus.EXPIRED,
+}
+# ccxt's unified statuses, for exchange statuses the tables here do not know.
+_UNIFIED_STATUS = {
+    "open": OrderStatus.SUBMITTED,
+    "closed": OrderStatus.FILLED,
+    "canceled": OrderStatus.CANCELED,
+    "expired": OrderStatus.EXPIRED,
+    "rejected": OrderStatus.REJECTED,
+}
+
+
+class _Binance(_Venue):
+    """Binance Spot REST v3 (and what copies it: Binance.US, the simulator)."""
+
+    not_found_codes = frozenset({-2013, -2011})  # order does not exist; cancel: unknown order
+    auth_codes = frozenset({-2014, -2015, -1022})
+    rate_limit_codes = frozenset({-1003, -1015})  # request weight; too many new orders
+    unknown_outcome_codes = frozenset({-1006, -1007})  # "send status unknown; execution status unknown"
+    MY_TRADES_LIMIT = 1000
+
+    def place(self, intent: OrderIntent, market_id: str) -> Any:
+        params: dict[str, Any] = {
+            "symbol": market_id,
+            "side": intent.side.value.upper(),
+            "type": "LIMIT" if intent.type is OrderType.LIMIT else "MARKET",
+            "quantity": decimal_text(intent.quantity),
+            "newClientOrderId": intent.client_order_id,
+            "newOrderRespType": "FULL",
+        }
+        if intent.type is OrderType.LIMIT:
+            if intent.price is None:
+                raise ValueError(f"limit order {intent.client_order_id} has no price")
+            params["price"] = decimal_text(intent.price)
+            params["timeInForce"] = "GTC"
+        return self.client.privatePostOrder(params)
+
+    def placed(self, raw: Any, intent: OrderIntent) -> OrderReport:
+        return self.report(raw, intent.symbol)
+
+    def query(self, market_id: str, client_order_id: str) -> Any:
+        return self.client.privateGetOrder({"symbol": market_id, "origClientOrderId": client_order_id})
+
+    def cancel(self, market_id: str, client_order_id: str) -> Any:
+        return self.client.privateDeleteOrder({"symbol": market_id, "origClientOrderId": client_order_id})
+
+    def open_orders(self, market_id: str | None) -> list[Any]:
+        return list(self.client.privateGetOpenOrders({"symbol": market_id} if market_id else {}))
+
+    def trades(self, market_id: str, since_ms: int, call: Call) -> list[tuple[str, ExecutedFill]]:
+        # The newest page first: usually it reaches back past since_ms and is all there is.
+        # Otherwise walk forward from since_ms: startTime/endTime may span 24 hours at most,
+        # so day by day until the first trade, then on by trade id (fromId), which has no
+        # such limit, until the newest page is reached.
+        limit = self.MY_TRADES_LIMIT
+        newest = list(
+            call("newest", lambda: self.client.privateGetMyTrades({"symbol": market_id, "limit": limit}))
+        )
+        rows = {int(row["id"]): row for row in newest}
+        if len(newest) == limit and min(int(row["time"]) for row in newest) > since_ms:
+            reached = min(rows)
+            start, page = since_ms, list[Any]()
+            while not page and start < rows[reached]["time"]:
+                window = {
+                    "symbol": market_id,
+                    "startTime": start,
+                    "endTime": start + _DAY_MS - 1,
+                    "limit": limit,
+                }
+                page = list(call(f"from {start}", partial(self.client.privateGetMyTrades, window)))
+                start += _DAY_MS
+            while page:
+                rows.update((int(row["id"]), row) for row in page)
+                after = max(int(row["id"]) for row in page) + 1
+                if len(page) < limit or after >= reached:
+                    break
+                request = {"symbol": market_id, "fromId": after, "limit": limit}
+                page = list(call(f"from id {after}", partial(self.client.privateGetMyTrades, request)))
+        return [
+            (str(row["orderId"]), self._fill(row))
+            for _, row in sorted(rows.items())
+            if int(row["time"]) >= since_ms
+        ]
+
+    def balances(self, call: Call) -> list[BalanceLine]:
+        account = call("account", lambda: self.client.privateGetAccount({"omitZeroBalances": "true"}))
+        return [
+            BalanceLine(
+                asset=str(line["asset"]), free=_decimal(line["free"]), locked=_decimal(line["locked"])
+            )
+            for line in account.get("balances", [])
+            if _decimal(line["free"]) or _decimal(line["locked"])
+        ]
+
+    def report(self, raw: Any, symbol: str | None) -> OrderReport:
+        order_type = str(raw.get("type") or "")
+        status = str(raw.get("status") or "")
+        filled = _decimal(raw.get("executedQty", "0"))
+        quote = _decimal(raw.get("cummulativeQuoteQty", "0"))
+        price = _decimal(raw.get("price", "0"))
+        is_limit = order_type.startswith("LIMIT") or order_type.endswith("_LIMIT")
+        time_ms = int(raw.get("updateTime") or raw.get("transactTime") or raw.get("time") or _now_ms())
+        fills = tuple(
+            ExecutedFill(
+                trade_id=str(fill["tradeId"]),
+                price=_decimal(fill["price"]),
+                quantity=_decimal(fill["qty"]),
+                fee=_decimal(fill.get("commission", "0")),
+                fee_asset=str(fill.get("commissionAsset") or ""),
+                time_ms=time_ms,
+                is_maker=False,  # filled as it was placed: it took liquidity
+            )
+            for fill in raw.get("fills") or ()
+        )
+        return OrderReport(
+            # A cancel's answer names the cancel request clientOrderId, and ours origClientOrderId.
+            client_order_id=str(raw.get("origClientOrderId") or raw.get("clientOrderId") or ""),
+            exchange_order_id=str(raw["orderId"]) if raw.get("orderId") is not None else None,
+            symbol=symbol or str(raw.get("symbol") or ""),
+            side=Side(str(raw.get("side", "")).lower()),
+            type=OrderType.LIMIT if is_limit else OrderType.MARKET,
+            status=_BINANCE_STATUS.get(status) or _unified_status(self.client, status),
+            quantity=_decimal(raw.get("origQty", "0")),
+            price=price if is_limit and price else None,
+            filled_quantity=filled,
+            average_price=quote / filled if filled else None,
+            updated_ms=time_ms,
+            fills=fills,
+        )
+
+    def is_duplicate(self, body: str) -> bool:
+        return "Duplicate order" in self.error_text(body)
+
+    def error_code(self, body: str) -> int | None:
+        document = _json(body)
+        code = document.get("code") if isinstance(document, dict) else None
+        return code if isinstance(code, int) else None
+
+    def error_text(self, body: str) -> str:
+        document = _json(body)
+        if isinstance(document, dict) and "msg" in document:
+            return f"{document.get('code')} {document['msg']}"
+        return _short(body)
+
+    @staticmethod
+    def _fill(row: Mapping[str, Any]) -> ExecutedFill:
+        return ExecutedFill(
+            trade_id=str(row["id"]),
+            price=_decimal(row["price"]),
+            quantity=_decimal(row["qty"]),
+            fee=_decimal(row.get("commission", "0")),
+            fee_asset=str(row.get("commissionAsset") or ""),
+            time_ms=int(row["time"]),
+            is_maker=bool(row.get("isMaker", False)),
+        )
+
+
+_COINBASE_STATUS = {
+    "PENDING": OrderStatus.SUBMITTED,
+    "QUEUED": OrderStatus.SUBMITTED,
+    "OPEN": OrderStatus.SUBMITTED,
+    "FILLED": OrderStatus.FILLED,
+    "CANCELLED": OrderStatus.CANCELED,
+    "CANCEL_QUEUED": OrderStatus.CANCELED,
+    "EXPIRED": OrderStatus.EXPIRED,
+    "FAILED": OrderStatus.REJECTED,
+}
+_COINBASE_CONFIGS = (
+    "market_market_ioc", "limit_limit_gtc", "limit_limit_gtd", "limit_limit_fok", "sor_limit_ioc",
+    "stop_limit_stop_limit_gtc", "stop_limit_stop_limit_gtd",
+)  # fmt: skip
+
+
+class _Coinbase(_Venue):
+    """Coinbase Advanced Trade (v3). It has no request for an order by client order id: the
+    exchange order id is remembered from our own answers, and otherwise recent orders of the
+    product are listed and matched. (Coinbase also answers a create with a client order id it
+    already holds with that order instead of a new one.)"""
+
+    not_found_statuses = frozenset({404})  # GET orders/historical/{order_id} of an unknown id
+    PAGE = 250
+    MAX_PAGES = 8  # a lookup by client order id reads at most this many pages of recent orders
+    LOOKBACK_MS = 2 * _DAY_MS
+
+    def __init__(self, client: Any) -> None:
+        super().__init__(client)
+        self._order_ids: dict[str, str] = {}  # client order id → exchange order id
+        self._quotes: dict[str, str] = {}  # product id → quote currency (the fee asset)
+
+    def place(self, intent: OrderIntent, market_id: str) -> Any:
+        size = decimal_text(intent.quantity)
+        if intent.type is OrderType.LIMIT:
+            if intent.price is None:
+                raise ValueError(f"limit order {intent.client_order_id} has no price")
+            configuration: dict[str, Any] = {
+                "limit_limit_gtc": {
+                    "base_size": size,
+                    "limit_price": decimal_text(intent.price),
+                    "post_only": False,
+                }
+            }
+        else:
+            configuration = {"market_market_ioc": {"base_size": size}}
+        return self.client.v3PrivatePostBrokerageOrders(
+            {
+                "client_order_id": intent.client_order_id,
+                "product_id": market_id,
+                "side": intent.side.value.upper(),
+                "order_configuration": configuration,
+            }
+        )
+
+    def placed(self, raw: Any, intent: OrderIntent) -> OrderReport:
+        if not raw.get("success"):
+            failure = raw.get("error_response") or {}
+            reason = (
+                failure.get("new_order_failure_reason") or failure.get("error") or raw.get("failure_reason")
+            )
+            raise _PlaceRefused(f"{reason}: {failure.get('message') or failure.get('error_details') or ''}")
+        answer = raw.get("success_response") or {}
+        order_id = str(answer.get("order_id") or raw.get("order_id") or "")
+        if order_id:
+            self._order_ids[intent.client_order_id] = order_id
+        return OrderReport(
+            client_order_id=intent.client_order_id,
+            exchange_order_id=order_id or None,
+            symbol=intent.symbol,
+            side=intent.side,
+            type=intent.type,
+            status=OrderStatus.SUBMITTED,
+            quantity=intent.quantity,
+            price=intent.price if intent.type is OrderType.LIMIT else None,
+            filled_quantity=Decimal(0),
+            average_price=None,
+            updated_ms=_now_ms(),
+        )
+
+    def query(self, market_id: str, client_order_id: str) -> Any:
+        order_id = self._order_ids.get(client_order_id)
+        if order_id is not None:
+            return self.client.v3PrivateGetBrokerageOrdersHistoricalOrderId({"order_id": order_id})["order"]
+        request: dict[str, Any] = {
+            "product_ids": [market_id],
+            "start_date": _iso(_now_ms() - self.LOOKBACK_MS),
+            "limit": self.PAGE,
+        }
+        for _page in range(self.MAX_PAGES):
+            answer = self.client.v3PrivateGetBrokerageOrdersHistoricalBatch(request)
+            for order in answer.get("orders") or ():
+                if order.get("client_order_id") == client_order_id:
+                    self._order_ids[client_order_id] = str(order["order_id"])
+                    return order
+            if not answer.get("has_next") or not answer.get("cursor"):
+                raise _OrderAbsent(f"no order {client_order_id} among the recent orders of {market_id}")
+            request["cursor"] = answer["cursor"]
+        # Too many orders to read them all: that is no proof of absence.
+        raise BrokerError(
+            f"order {client_order_id} is not among the {self.MAX_PAGES * self.PAGE} newest orders of "
+            f"{market_id}; older ones were not read",
+            reason="lookup_incomplete",
+        )
+
+    def cancel(self, market_id: str, client_order_id: str) -> Any:
+        order = self.query(market_id, client_order_id)
+        answer = self.client.v3PrivatePostBrokerageOrdersBatchCancel({"order_ids": [order["order_id"]]})
+        results = answer.get("results") or [{}]
+        if not results[0].get("success"):
+            raise _OrderAbsent(f"cancel refused: {results[0].get('failure_reason')}")
+        return self.client.v3PrivateGetBrokerageOrdersHistoricalOrderId({"order_id": order["order_id"]})[
+            "order"
+        ]
+
+    def open_orders(self, market_id: str | None) -> list[Any]:
+        request: dict[str, Any] = {"order_status": ["OPEN"], "limit": self.PAGE}
+        if market_id:
+            request["product_ids"] = [market_id]
+        orders: list[Any] = []
+        for _page in range(self.MAX_PAGES):
+            answer = self.client.v3PrivateGetBrokerageOrdersHistoricalBatch(request)
+            orders.extend(answer.get("orders") or ())
+            if not answer.get("has_next") or not answer.get("cursor"):
+                break
+            request["cursor"] = answer["cursor"]
+        return orders
+
+    def trades(self, market_id: str, since_ms: int, call: Call) -> list[tuple[str, ExecutedFill]]:
+        quote = self._quote(market_id)
+        request: dict[str, Any] = {
+            "product_ids": [market_id],
+            "start_sequence_timestamp": _iso(since_ms),
+            "limit": self.PAGE,
+        }
+        found: list[tuple[str, ExecutedFill]] = []
+        while True:
+            answer = call(
+                "page", partial(self.client.v3PrivateGetBrokerageOrdersHistoricalFills, dict(request))
+            )
+            for row in answer.get("fills") or ():
+                price = _decimal(row["price"])
+                size = _decimal(row["size"])
+                fill = ExecutedFill(
+                    trade_id=str(row["trade_id"]),
+                    price=price,
+                    quantity=size / price if row.get("size_in_quote") else size,
+                    fee=_decimal(row.get("commission") or "0"),
+                    fee_asset=quote,
+                    time_ms=_iso_ms(str(row["trade_time"])),
+                    is_maker=row.get("liquidity_indicator") == "MAKER",
+                )
+                if fill.time_ms >= since_ms:
+                    found.append((str(row["order_id"]), fill))
+            if not answer.get("cursor"):
+                return found
+            request["cursor"] = answer["cursor"]
+
+    def balances(self, call: Call) -> list[BalanceLine]:
+        request: dict[str, Any] = {"limit": self.PAGE}
+        lines: list[BalanceLine] = []
+        while True:
+            answer = call("page", partial(self.client.v3PrivateGetBrokerageAccounts, dict(request)))
+            for account in answer.get("accounts") or ():
+                free = _decimal((account.get("available_balance") or {}).get("value") or "0")
+                locked = _decimal((account.get("hold") or {}).get("value") or "0")
+                if free or locked:
+                    lines.append(BalanceLine(asset=str(account["currency"]), free=free, locked=locked))
+            if not answer.get("has_next") or not answer.get("cursor"):
+                return lines
+            request["cursor"] = answer["cursor"]
+
+    def report(self, raw: Any, symbol: str | None) -> OrderReport:
+        configuration = raw.get("order_configuration") or {}
+        settings: Mapping[str, Any] = next(
+            (configuration[name] for name in _COINBASE_CONFIGS if configuration.get(name)), {}
+        )
+        filled = _decimal(raw.get("filled_size") or "0")
+        status = str(raw.get("status") or "")
+        mapped = _COINBASE_STATUS.get(status) or _unified_status(self.client, status)
+        if mapped is OrderStatus.SUBMITTED and filled:
+            mapped = OrderStatus.PARTIALLY_FILLED
+        order_type = str(raw.get("order_type") or "")
+        limit_price = settings.get("limit_price")
+        base_size = settings.get("base_size")
+        average = _decimal(raw.get("average_filled_price") or "0")
+        when = raw.get("last_fill_time") or raw.get("created_time")
+        client_order_id = str(raw.get("client_order_id") or "")
+        if client_order_id and raw.get("order_id"):
+            self._order_ids[client_order_id] = str(raw["order_id"])
+        return OrderReport(
+            client_order_id=client_order_id,
+            exchange_order_id=str(raw["order_id"]) if raw.get("order_id") else None,
+            symbol=symbol or str(raw.get("product_id") or "").replace("-", ""),
+            side=Side(str(raw.get("side", "")).lower()),
+            type=OrderType.MARKET if order_type == "MARKET" else OrderType.LIMIT,
+            status=mapped,
+            quantity=_decimal(base_size) if base_size else filled,
+            price=_decimal(limit_price) if limit_price else None,
+            filled_quantity=filled,
+            average_price=average if filled and average else None,
+            updated_ms=_iso_ms(str(when)) if when else _now_ms(),
+            reject_reason=str(raw.get("reject_message") or raw.get("reject_reason") or "")
+            if mapped is OrderStatus.REJECTED
+            else "",
+        )
+
+    def error_text(self, body: str) -> str:
+        document = _json(body)
+        if isinstance(document, dict) and ("message" in document or "error" in document):
+            return f"{document.get('error', '')} {document.get('message', '')}".strip()
+        return _short(body)
+
+    def _quote(self, market_id: str) -> str:
+        if market_id not in self._quotes:
+            market = self.client.markets_by_id.get(market_id) if self.client.markets_by_id else None
+            entry = market[0] if isinstance(market, list) and market else market or {}
+            self._quotes[market_id] = str(entry.get("quote") or market_id.rsplit("-", 1)[-1])
+        return self._quotes[market_id]
+
+
+# Conversions -------------------------------------------------------------------------------
+
+
+def decimal_text(value: Decimal) -> str:
+    """A positive decimal as the exchange wants it: plain notation, no exponent, no float."""
+    if not value.is_finite() or value <= 0:
+        raise ValueError(f"{value} is not a positive amount")
+    return format(value, "f")
+
+
+def _decimal(value: Any) -> Decimal:
+    """An exact decimal from the exchange's string; a number only when the exchange sent one (its
+    repr, never its binary expansion)."""
+    try:
+        return Decimal(value if isinstance(value, str) else str(value))
+    except InvalidOperation:
+        raise BrokerError(
+            f"the exchange sent {value!r} where a number was expected", reason="bad_answer"
+        ) from None
+
+
+def _unified_status(client: Any, status: str) -> OrderStatus:
+    unified = client.parse_order_status(status) if hasattr(client, "parse_order_status") else None
+    return _UNIFIED_STATUS.get(str(unified), OrderStatus.SUBMITTED)
+
+
+def _market_ids(markets: Mapping[str, Any]) -> dict[str, str]:
+    """Every name a spot market goes by here: the exchange id (BTCUSDT, BTC-USD), the same without
+    separators (BTCUSD) and ccxt's unified symbol (BTC/USDT)."""
+    ids: dict[str, str] = {}
+    for market in markets.values():
+        if not market.get("spot", True):
+            continue
+        market_id = str(market["id"])
+        for name in (re.sub(r"[-_/]", "", market_id), str(market["symbol"]), market_id):
+            ids[name] = market_id
+    return ids
+
+
+def _header_int(headers: Mapping[str, str], name: str) -> int | None:
+    value = headers.get(name)
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _header_float(headers: Mapping[str, str], name: str) -> float | None:
+    value = headers.get(name)
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _json(body: str) -> Any:
+    try:
+        return orjson.loads(body) if body else None
+    except orjson.JSONDecodeError:
+        return None
+
+
+def _short(body: str, limit: int = 300) -> str:
+    text = " ".join(body.split())
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+_ISO_FRACTION = re.compile(r"\.(\d+)")
+
+
+def _iso_ms(text: str) -> int:
+    """Coinbase's RFC 3339 times, with up to nanoseconds, → ms."""
+    text = _ISO_FRACTION.sub(
+        lambda match: "." + match.group(1)[:6].ljust(6, "0"), text.replace("Z", "+00:00")
+    )
+    return int(datetime.fromisoformat(text).timestamp() * 1000)

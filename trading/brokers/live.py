@@ -63,6 +63,10 @@ _CCXT_LOGGER.setLevel(logging.INFO)
 T = TypeVar("T")
 
 BINANCE_FAMILY = ("sim", "binance", "binanceus")
+# Binance's default; a lost order request can land at most this long after it was signed.
+RECV_WINDOW_MS = 5_000
+# Our clock may be this far behind the exchange's.
+CLOCK_MARGIN_MS = 1_000
 EXCHANGES = (*BINANCE_FAMILY, "coinbase")
 
 # Failure kinds reported to on_error; the first five are worth another attempt.
@@ -182,6 +186,9 @@ class LiveBroker:
                 exchange, overrides={exchange: {"rest": rest_url}} if rest_url else None
             )
             client = ccxt_client(profile, async_client=False, **config)
+            # The window in which Binance still accepts a signed request: after it, a request
+            # that was delayed on the way is refused on arrival (-1021). See `submit`.
+            client.options["recvWindow"] = RECV_WINDOW_MS
         original = client.on_rest_response
 
         def observe(
@@ -232,6 +239,7 @@ class LiveBroker:
             if not self._gate():
                 logger.warning("broker_halted", exchange=self.exchange, call=where, attempt=attempt)
                 raise Halted(f"{where}: the kill switch closed the gate; nothing sent (attempt {attempt})")
+            signed_ms = _now_ms()
             try:
                 raw = self._once(lambda: self._venue.place(intent, market_id))
                 return self._venue.placed(raw, intent)
@@ -260,6 +268,15 @@ class LiveBroker:
                 found = self._lookup(intent, market_id, where)
                 if found is not None:
                     return found
+                if self.exchange in BINANCE_FAMILY:
+                    # Not there yet — but a delayed request could still land until its signature's
+                    # window closes. Look again after that: then "absent" is final.
+                    settle_ms = signed_ms + RECV_WINDOW_MS + CLOCK_MARGIN_MS - _now_ms()
+                    if settle_ms > 0:
+                        self._sleep(settle_ms / 1000)
+                        found = self._lookup(intent, market_id, where)
+                        if found is not None:
+                            return found
                 # Definitely absent: resending with the same client order id is safe.
             elif attempt < self._max_attempts:
                 if wait is None:

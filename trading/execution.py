@@ -154,6 +154,10 @@ class ExecutionLoop:
             since=self._now() - self.config.signal_lookback, limit=self.config.batch
         ):
             self._decide_safely(signal, report)
+        try:
+            self.protective_exits(report)
+        except Exception:  # like a signal: logged, never stops the loop
+            logger.exception("protective_exits_failed")
         if now - self._last_reconcile >= self.config.reconcile_every_s:
             self.reconcile()
         if now - self._last_equity >= self.config.equity_every_s or report.orders:
@@ -300,6 +304,79 @@ class ExecutionLoop:
             intent, symbol=symbol, spec=spec, requested=requested, signal=signal, report=report
         )
 
+    def protective_exits(self, report: CycleReport) -> list[Order]:
+        """Stop loss and take profit: a position whose last close has moved `stop_loss_pct`
+        below (or `take_profit_pct` above) its average price is sold at market. The rule that
+        covers the symbol sets the levels (the tightest, when several do). One attempt per
+        position and candle (the client order id says which); none while HALTED, and none while
+        a sell of the symbol is still open."""
+        mode = self.config.mode
+        if selectors.killswitch_state() is KillSwitchState.HALTED:
+            return []
+        held = {sid: p for sid, p in selectors.positions(mode).items() if p.quantity > 0}
+        if not held:
+            return []
+        levels = self._protective_levels()
+        symbols = {
+            s.pk: s
+            for s in Symbol.objects.filter(pk__in=held, exchange=self.config.exchange, symbol__in=set(levels))
+        }
+        if not symbols:
+            return []
+        selling = set(
+            Order.objects.filter(
+                mode=mode, symbol_id__in=symbols, side=Side.SELL, status__in=selectors.OPEN_STATUSES
+            ).values_list("symbol_id", flat=True)
+        )
+        prices = selectors.last_prices(symbols)
+        placed = []
+        for symbol_id, symbol in symbols.items():
+            position, last = held[symbol_id], prices.get(symbol_id)
+            if symbol_id in selling or last is None or position.average_price <= 0:
+                continue
+            stop, take, version = levels[symbol.symbol]
+            move = (last.price - position.average_price) / position.average_price * 100
+            kind = "stop_loss" if stop is not None and move <= -stop else None
+            kind = kind or ("take_profit" if take is not None and move >= take else None)
+            if kind is None:
+                continue
+            episode = ms_from_datetime(position.last_trade_at) if position.last_trade_at else 0
+            cid = client_order_id(symbol.exchange, symbol.symbol, kind, episode, last.close_ms)
+            if Order.objects.filter(client_order_id=cid).exists():
+                continue
+            logger.info("protective_exit", symbol=symbol.symbol, kind=kind, move_pct=f"{move:.3f}")
+            intent = OrderIntent(
+                cid, symbol.symbol, Side.SELL, OrderType.MARKET, position.quantity, last.price
+            )
+            placed.append(
+                self.execute(
+                    intent,
+                    symbol=symbol,
+                    spec=self._spec(version),
+                    requested=position.quantity,
+                    signal=None,
+                    rule_version=version,
+                    report=report,
+                )
+            )
+        return placed
+
+    def _protective_levels(self) -> dict[str, tuple[Decimal | None, Decimal | None, RuleConfigVersion]]:
+        """Symbol → (stop loss %, take profit %, the version that set the tighter stop)."""
+        levels: dict[str, tuple[Decimal | None, Decimal | None, RuleConfigVersion]] = {}
+        for version in active_versions():
+            spec = self._spec(version)
+            if spec.stop_loss_pct is None and spec.take_profit_pct is None:
+                continue
+            for name in version.config.symbols or []:
+                stop, take, chosen = levels.get(name, (None, None, version))
+                if spec.stop_loss_pct is not None and (stop is None or spec.stop_loss_pct < stop):
+                    stop, chosen = spec.stop_loss_pct, version
+                if spec.take_profit_pct is not None and (take is None or spec.take_profit_pct < take):
+                    take = spec.take_profit_pct
+                levels[name] = (stop, take, chosen)
+        return levels
+
     def _context(self, symbol: Symbol, reference: Decimal) -> risk.RiskContext:
         mode = self.config.mode
         held = selectors.positions(mode)
@@ -349,6 +426,7 @@ class ExecutionLoop:
         spec: RuleSpec,
         requested: Decimal,
         signal: Signal | None,
+        rule_version: RuleConfigVersion | None = None,
         report: CycleReport | None = None,
     ) -> Order:
         """Risk checks, the order row, then the broker. The row exists before the request leaves."""
@@ -377,7 +455,7 @@ class ExecutionLoop:
             requested_quantity=requested,
             refusal=refusal,
             signal=signal,
-            rule_version=signal.rule_version if signal else None,
+            rule_version=signal.rule_version if signal else rule_version,
             now=self._now(),
         )
         metrics.SIGNALS_DECIDED.labels(outcome="ordered", reason=refusal.reason if refusal else "").inc()

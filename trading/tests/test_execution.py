@@ -301,3 +301,40 @@ def test_a_broker_that_blows_up_does_not_stop_the_loop(desk: Desk, monkeypatch: 
     assert [o.status for o in orders] == [OrderStatus.REJECTED, OrderStatus.REJECTED]
     assert {o.reject_reason for o in orders} == {"internal_error"}
     assert SignalDecision.objects.count() == 2
+
+
+def test_a_stop_loss_sells_the_position_once() -> None:
+    desk = make_desk({**SPEC, "stop_loss_pct": "2", "take_profit_pct": "5"})
+    desk.signal("enter", minute=0)
+    desk.run()
+    desk.candle(1, close="49100.00")  # -1.8 %: holds
+    desk.clock[0] = (T0 + timedelta(minutes=2, seconds=1)).timestamp()
+    desk.run()
+    assert Order.objects.count() == 1
+    desk.candle(2, close="48900.00")  # -2.2 %: out
+    desk.clock[0] = (T0 + timedelta(minutes=3, seconds=1)).timestamp()
+    desk.run()
+    desk.run()
+    sell = Order.objects.get(side="sell")
+    assert sell.status == OrderStatus.FILLED
+    assert sell.signal is None
+    assert sell.rule_version == desk.config.active_version
+    assert Position.objects.get(mode="dry_run", symbol=desk.btc).quantity == 0
+    assert Order.objects.count() == 2
+
+
+def test_a_take_profit_sells_and_nothing_protective_goes_out_while_halted() -> None:
+    desk = make_desk({**SPEC, "take_profit_pct": "3"})
+    desk.signal("enter", minute=0)
+    desk.run()
+    killswitch_engage(state=KillSwitchState.HALTED, reason="test", actor="system:test")
+    desk.candle(1, close="51600.00")  # +3.2 %
+    desk.clock[0] = (T0 + timedelta(minutes=2, seconds=1)).timestamp()
+    desk.run()
+    assert Order.objects.count() == 1
+    killswitch_engage(state=KillSwitchState.REDUCING, reason="test", actor="system:test")
+    desk.run()
+    sell = Order.objects.get(side="sell")
+    assert sell.status == OrderStatus.FILLED
+    assert sell.average_price is not None
+    assert sell.average_price < Decimal("51600.00")  # slippage, against us

@@ -121,7 +121,7 @@ def position_state(position: Position | None) -> PositionState:
         return PositionState()
     return PositionState(
         quantity=position.quantity,
-        average_price=position.average_price,
+        cost=position.cost,
         realized_pnl=position.realized_pnl,
         fees=position.fees,
     )

@@ -333,6 +333,7 @@ def _fill_record(order: Order, fill: ExecutedFill) -> bool:
 
 def _position_store(position: Position, state: PositionState, *, when: datetime, loss: bool) -> None:
     position.quantity = state.quantity
+    position.cost = state.cost
     position.average_price = state.average_price
     position.realized_pnl = state.realized_pnl
     position.fees = state.fees
@@ -401,9 +402,11 @@ def position_correct(*, mode: str, symbol: Symbol, quantity: Decimal, reason: st
             mode=mode, symbol=symbol, defaults={"updated_at": now}
         )
         before = position.quantity
+        # The cost follows the quantity pro rata: the average price stays what it was.
+        position.cost = (position.cost * quantity / before).quantize(Decimal("1e-18")) if before else _ZERO
         position.quantity = quantity
         if quantity == 0:
-            position.average_price = _ZERO
+            position.cost = position.average_price = _ZERO
         position.updated_at = now
         position.save()
         audit_record(

@@ -5,6 +5,7 @@ control."""
 from __future__ import annotations
 
 import hashlib
+import json
 
 PREFIX = "oas-"
 _LENGTH = 32  # Binance takes up to 36 of [.A-Z:/a-z0-9_-]; Coinbase any string
@@ -15,5 +16,6 @@ def client_order_id(*parts: object) -> str:
     time, rule version, action). Same parts, same id; 112 bits make a collision negligible."""
     if not parts:
         raise ValueError("a client order id needs at least one part")
-    digest = hashlib.sha256("|".join(str(part) for part in parts).encode()).hexdigest()
+    # JSON keeps parts apart (("a|b",) and ("a", "b") differ) and escapes any character.
+    digest = hashlib.sha256(json.dumps([str(part) for part in parts]).encode()).hexdigest()
     return PREFIX + digest[: _LENGTH - len(PREFIX)]

@@ -1,29 +1,42 @@
 """Position accounting for a long-only spot book, in exact decimals.
 
-A buy adds to the position at its price (the average price is the quantity-weighted mean of the
-buys still held); a sell realizes (sell price - average price) x quantity. Fees are kept apart
-(`fees`, in the quote asset) and subtracted in `net_realized`, so gross PnL stays comparable with
-the exchange's trade prices. Selling more than is held is refused: spot cannot go short."""
+The book keeps the cost of what it holds (the sum of the buys' notionals still held), not an
+average price: the average is derived (cost / quantity, shown to 18 decimals). A sell realizes
+its proceeds minus the share of the cost it takes away; the sell that closes a position takes
+all the remaining cost, so over a position's life realized PnL is exactly proceeds - cost, with
+no rounding left over. Fees are kept apart (`fees`, in the quote asset) and subtracted in
+`net_realized`, so gross PnL stays comparable with the exchange's trade prices. Selling more
+than is held is refused: spot cannot go short. Arithmetic runs at 60 significant digits, so
+large prices times small steps never overflow Decimal's default 28.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from decimal import Decimal
+from dataclasses import dataclass
+from decimal import Context, Decimal, localcontext
 
 from trading.core.types import ExecutedFill, Side
 
 _ZERO = Decimal(0)
-# Average prices keep 18 decimals: enough for any quote, and bounded so a long life of small
-# fills does not grow the numbers without end.
-_AVERAGE_QUANTUM = Decimal("1e-18")
+# Derived averages and the cost share of a partial sell keep 18 decimals: enough for any quote,
+# and bounded so a long life of small fills does not grow the numbers without end.
+_QUANTUM = Decimal("1e-18")
+_WIDE = Context(prec=60)
 
 
 @dataclass(frozen=True)
 class PositionState:
     quantity: Decimal = _ZERO
-    average_price: Decimal = _ZERO
+    cost: Decimal = _ZERO  # what the quantity held cost (buy notionals, fees apart)
     realized_pnl: Decimal = _ZERO  # gross of fees
     fees: Decimal = _ZERO
+
+    @property
+    def average_price(self) -> Decimal:
+        if not self.quantity:
+            return _ZERO
+        with localcontext(_WIDE):
+            return (self.cost / self.quantity).quantize(_QUANTUM).normalize()
 
     @property
     def is_flat(self) -> bool:
@@ -33,12 +46,9 @@ class PositionState:
     def net_realized(self) -> Decimal:
         return self.realized_pnl - self.fees
 
-    @property
-    def cost(self) -> Decimal:
-        return self.quantity * self.average_price
-
     def unrealized(self, mark_price: Decimal) -> Decimal:
-        return (mark_price - self.average_price) * self.quantity
+        with localcontext(_WIDE):
+            return mark_price * self.quantity - self.cost
 
     def value(self, mark_price: Decimal) -> Decimal:
         return self.quantity * mark_price
@@ -52,17 +62,23 @@ def apply_fill(state: PositionState, side: Side, fill: ExecutedFill, *, quote_as
     """The position after `fill`. Fees charged in another asset than the quote (e.g. BNB) are
     not converted here; they are recorded on the fill and left out of `fees`."""
     fee = fill.fee if fill.fee_asset == quote_asset else _ZERO
-    if side is Side.BUY:
-        quantity = state.quantity + fill.quantity
-        average = ((state.cost + fill.quantity * fill.price) / quantity).quantize(_AVERAGE_QUANTUM)
-        return replace(state, quantity=quantity, average_price=average, fees=state.fees + fee)
-    if fill.quantity > state.quantity:
-        raise PositionError(f"sell of {fill.quantity} exceeds the position of {state.quantity}")
-    quantity = state.quantity - fill.quantity
-    realized = state.realized_pnl + (fill.price - state.average_price) * fill.quantity
-    return PositionState(
-        quantity=quantity,
-        average_price=state.average_price if quantity else _ZERO,
-        realized_pnl=realized,
-        fees=state.fees + fee,
-    )
+    with localcontext(_WIDE):
+        if side is Side.BUY:
+            return PositionState(
+                quantity=state.quantity + fill.quantity,
+                cost=state.cost + fill.quantity * fill.price,
+                realized_pnl=state.realized_pnl,
+                fees=state.fees + fee,
+            )
+        if fill.quantity > state.quantity:
+            raise PositionError(f"sell of {fill.quantity} exceeds the position of {state.quantity}")
+        quantity = state.quantity - fill.quantity
+        taken = (
+            state.cost if not quantity else (state.cost * fill.quantity / state.quantity).quantize(_QUANTUM)
+        )
+        return PositionState(
+            quantity=quantity,
+            cost=state.cost - taken,
+            realized_pnl=state.realized_pnl + fill.price * fill.quantity - taken,
+            fees=state.fees + fee,
+        )

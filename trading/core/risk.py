@@ -151,7 +151,7 @@ def check(
         return Refusal(
             EXCHANGE_ORDER_LIMIT,
             f"{recent_orders} orders in the last 10 s; the exchange allows {exchange.orders_per_10s} "
-            f"and we keep {int((1 - exchange.headroom) * 100)} % in reserve",
+            f"and we keep {round((1 - exchange.headroom) * 100)} % in reserve",
         )
     if context.exchange_used_weight >= int(exchange.weight_per_minute * exchange.headroom):
         return Refusal(

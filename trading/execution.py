@@ -132,6 +132,7 @@ class ExecutionLoop:
     def start(self) -> None:
         """At start: the thresholds, and reconciliation before any new order."""
         self._started_ms = self._now_ms()
+        metrics.set_killswitch_state(selectors.killswitch_state())
         self._thresholds = self._current_thresholds()
         self.reconcile()
 

@@ -15,9 +15,13 @@ class SimClock:
         self._monotonic = monotonic
         self._origin: float | None = None
 
-    def start(self) -> None:
-        """Simulated time stands at start_ms until this is called."""
+    def start(self, *, wall_ms: int | None = None) -> None:
+        """Simulated time stands at start_ms until this is called. With `wall_ms` (the wall
+        clock now, at or after start_ms), simulated time starts there instead, so that at speed 1
+        it is the wall clock — as a real exchange's time is."""
         self._origin = self._monotonic()
+        if wall_ms is not None:
+            self._origin -= max(0, wall_ms - self.start_ms) / (self.speed * 1000)
 
     def now_ms(self) -> int:
         if self._origin is None:

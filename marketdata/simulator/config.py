@@ -31,6 +31,9 @@ class SimConfig:
     seed: int = 1
     speed: float = 1.0  # simulated seconds per wall second
     start_ms: int | None = None  # simulated start; None: the current wall-clock minute
+    # With start_ms None: start at the wall clock's exact time rather than at its minute, so
+    # that at speed 1 simulated time is wall time (as an exchange's is; `make run` does this).
+    follow_wall_clock: bool = False
     history_minutes: int = 2 * 1440  # candles exist from start - history (aligned down to 4h)
     replay_path: Path | None = None
     replay_symbol: str = "BTCUSDT"

@@ -129,7 +129,8 @@ class SimExchange:
         self._runner = runner
         host, port = runner.addresses[0][:2]
         self.address = (str(host), int(port))
-        self.clock.start()
+        follow = self.config.follow_wall_clock and self.config.start_ms is None
+        self.clock.start(wall_ms=int(time.time() * 1000) if follow else None)
         self.hub.start()
         return self.address
 

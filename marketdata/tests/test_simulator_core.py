@@ -467,6 +467,16 @@ def test_clock_runs_speed_times_faster_from_its_start():
         SimClock(0, 0)
 
 
+def test_a_clock_that_follows_the_wall_clock_starts_at_it():
+    wall = [100.0]
+    clock = SimClock(HISTORY_START, 1, monotonic=lambda: wall[0])
+    clock.start(wall_ms=HISTORY_START + 12_500)  # started 12.5 s into the minute
+    assert clock.now_ms() == HISTORY_START + 12_500
+    wall[0] += 2
+    assert clock.now_ms() == HISTORY_START + 14_500
+    assert clock.seconds_until(HISTORY_START + 60_000) == pytest.approx(45.5)
+
+
 def test_weight_limiter_window_and_retry_after():
     wall = [0.0]
     limiter = WeightLimiter(10, 60, monotonic=lambda: wall[0])

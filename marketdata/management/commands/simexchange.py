@@ -118,6 +118,8 @@ class Command(BaseCommand):
                 seed=options["seed"],
                 speed=options["speed"],
                 start_ms=None if options["start"] is None else parse_start(options["start"]),
+                # Without --start, simulated time is the wall clock (at speed 1), like an exchange.
+                follow_wall_clock=options["start"] is None,
                 history_minutes=parse_duration_minutes(options["history"]),
                 replay_path=replay,
                 replay_symbol=options["replay_symbol"].upper(),

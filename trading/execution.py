@@ -265,6 +265,7 @@ class ExecutionLoop:
         cid = client_order_id(
             symbol.exchange, symbol.symbol, signal.timeframe, close_ms, version.pk, signal.action
         )
+        context: risk.RiskContext | None = None
         if signal.action == Signal.Action.EXIT:
             if position.is_flat:
                 services.signal_skip(now=self._now(), signal=signal, mode=mode, reason=NO_POSITION)
@@ -302,7 +303,13 @@ class ExecutionLoop:
                 quantity = requested
             intent = OrderIntent(cid, symbol.symbol, Side.BUY, OrderType.MARKET, quantity, reference)
         return self.execute(
-            intent, symbol=symbol, spec=spec, requested=requested, signal=signal, report=report
+            intent,
+            symbol=symbol,
+            spec=spec,
+            requested=requested,
+            signal=signal,
+            report=report,
+            context=context,
         )
 
     def protective_exits(self, report: CycleReport) -> list[Order]:
@@ -380,7 +387,7 @@ class ExecutionLoop:
 
     def _context(self, symbol: Symbol, reference: Decimal) -> risk.RiskContext:
         mode = self.config.mode
-        held = selectors.positions(mode)
+        held = selectors.positions(mode, held_only=True)
         prices = selectors.last_prices(held)
         position = held.get(symbol.pk)
         exposure = Decimal(0)
@@ -396,8 +403,7 @@ class ExecutionLoop:
         base = balances.get(symbol.base)
         now = self._now()
         recent = selectors.recent_order_times(mode, since=now - timedelta(minutes=1))
-        last_trade = max((p.last_trade_at for p in held.values() if p.last_trade_at), default=None)
-        last_loss = max((p.last_loss_at for p in held.values() if p.last_loss_at), default=None)
+        last_trade, last_loss, last_symbol_trade = selectors.last_trade_times(mode, symbol_id=symbol.pk)
         return risk.RiskContext(
             now_ms=self._now_ms(),
             kill_switch=selectors.killswitch_state(),
@@ -409,9 +415,7 @@ class ExecutionLoop:
             free_base=base.free if base else Decimal(0),
             taker_fee_bps=self.config.taker_fee_bps,
             last_trade_ms=ms_from_datetime(last_trade) if last_trade else None,
-            last_symbol_trade_ms=ms_from_datetime(position.last_trade_at)
-            if position and position.last_trade_at
-            else None,
+            last_symbol_trade_ms=ms_from_datetime(last_symbol_trade) if last_symbol_trade else None,
             last_loss_ms=ms_from_datetime(last_loss) if last_loss else None,
             symbol_order_times=[t for symbol_id, t in recent if symbol_id == symbol.pk],
             order_times=[t for _, t in recent],
@@ -429,10 +433,11 @@ class ExecutionLoop:
         signal: Signal | None,
         rule_version: RuleConfigVersion | None = None,
         report: CycleReport | None = None,
+        context: risk.RiskContext | None = None,
     ) -> Order:
         """Risk checks, the order row, then the broker. The row exists before the request leaves."""
         report = report or CycleReport()
-        context = self._context(symbol, intent.reference_price)
+        context = context or self._context(symbol, intent.reference_price)
         checked: OrderIntent | Refusal
         if symbol.exchange != self.config.exchange:
             checked = Refusal(

@@ -7,9 +7,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 
-from django.db.models import Max, Q
+from django.db.models import Max, OuterRef, Q, Subquery
 
 from marketdata.core.timeframes import Timeframe, ms_from_datetime
+from marketdata.fields import AsNumber, ExactDecimalField
 from marketdata.models import Candle, Symbol
 from rules.models import Signal
 from trading.core.positions import PositionState
@@ -63,26 +64,26 @@ class LastPrice:
 
 
 def last_prices(symbol_ids: Iterable[int]) -> dict[int, LastPrice]:
-    """The close of each symbol's newest closed 1m candle."""
+    """The close of each symbol's newest closed 1m candle: one query, one index lookup per
+    symbol (the symbols drive it; their candles are never scanned)."""
     ids = list(symbol_ids)
     if not ids:
         return {}
-    newest = (
-        Candle.objects.filter(symbol_id__in=ids, timeframe=Timeframe.M1.value, is_closed=True)
-        .values("symbol_id")
-        .annotate(open_time=Max("open_time"))
-    )
-    condition = Q()
-    for row in newest:
-        condition |= Q(symbol_id=row["symbol_id"], open_time=row["open_time"])
-    if not condition:
-        return {}
-    rows = Candle.objects.filter(condition, timeframe=Timeframe.M1.value).values_list(
-        "symbol_id", "open_time", "close"
+    newest = Candle.objects.filter(
+        symbol_id=OuterRef("pk"), timeframe=Timeframe.M1.value, is_closed=True
+    ).order_by("-open_time")[:1]
+    rows = (
+        Symbol.objects.filter(pk__in=ids)
+        .annotate(
+            last_open=Subquery(newest.values("open_time")),
+            last_close=Subquery(newest.values("close"), output_field=ExactDecimalField()),
+        )
+        .values_list("pk", "last_open", "last_close")
     )
     return {
         symbol_id: LastPrice(close, ms_from_datetime(open_time) + Timeframe.M1.ms)
         for symbol_id, open_time, close in rows
+        if open_time is not None
     }
 
 
@@ -127,8 +128,25 @@ def position_state(position: Position | None) -> PositionState:
     )
 
 
-def positions(mode: str) -> dict[int, Position]:
-    return {p.symbol_id: p for p in Position.objects.filter(mode=mode)}
+def positions(mode: str, *, held_only: bool = False) -> dict[int, Position]:
+    """The mode's positions by symbol id; `held_only`: those with a quantity."""
+    rows = Position.objects.filter(mode=mode)
+    if held_only:
+        rows = rows.alias(held=AsNumber("quantity")).filter(held__gt=0)
+    return {p.symbol_id: p for p in rows}
+
+
+def last_trade_times(
+    mode: str, *, symbol_id: int
+) -> tuple[datetime | None, datetime | None, datetime | None]:
+    """(last trade of any symbol, last losing trade, last trade of `symbol_id`): flat positions
+    included, as cooldowns run on after a position is closed. One query."""
+    times = Position.objects.filter(mode=mode).aggregate(
+        trade=Max("last_trade_at"),
+        loss=Max("last_loss_at"),
+        symbol=Max("last_trade_at", filter=Q(symbol_id=symbol_id)),
+    )
+    return times["trade"], times["loss"], times["symbol"]
 
 
 def balances(mode: str) -> dict[str, Balance]:

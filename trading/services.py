@@ -15,6 +15,7 @@ from django.utils import timezone
 
 from audit.services import Actor, audit_record
 from marketdata.core.timeframes import utc_from_ms
+from marketdata.fields import AsNumber
 from marketdata.models import Symbol
 from oasis_site.broadcast import broadcast_after_commit
 from rules.models import RuleConfigVersion, Signal
@@ -424,13 +425,35 @@ def position_correct(*, mode: str, symbol: Symbol, quantity: Decimal, reason: st
     return position
 
 
+def _flat_totals(mode: str) -> tuple[Decimal, Decimal]:
+    rows = (
+        Position.objects.filter(mode=mode)
+        .alias(held=AsNumber("quantity"))
+        .filter(held__lte=0)
+        .values_list("realized_pnl", "fees")
+    )
+    realized = sum((r for r, _ in rows), _ZERO)
+    fees = sum((f for _, f in rows), _ZERO)
+    return realized, fees
+
+
 def equity_snapshot_take(*, mode: str, quote_asset: str, now: datetime | None = None) -> EquitySnapshot:
     """Mark every position at its last close and record the account's equity and drawdown."""
     now = now or timezone.now()
     with transaction.atomic():
-        held = list(Position.objects.select_for_update().filter(mode=mode).select_related("symbol"))
+        held = list(
+            Position.objects.select_for_update()
+            .filter(mode=mode)
+            .alias(held=AsNumber("quantity"))
+            .filter(held__gt=0)
+            .select_related("symbol")
+        )
+        # Realized PnL and fees of positions now flat count too (one aggregate over them).
+        flat_realized, flat_fees = _flat_totals(mode)
+        marked: list[Position] = []
         prices = last_prices(p.symbol_id for p in held)
-        positions_value = realized = unrealized = fees = _ZERO
+        positions_value, unrealized = _ZERO, _ZERO
+        realized, fees = flat_realized, flat_fees
         for position in held:
             state = position_state(position)
             realized += state.realized_pnl
@@ -442,9 +465,10 @@ def equity_snapshot_take(*, mode: str, quote_asset: str, now: datetime | None = 
                 continue  # valued in another currency: not part of this account's equity
             position.mark_price = last.price
             position.unrealized_pnl = state.unrealized(last.price)
-            position.save(update_fields=["mark_price", "unrealized_pnl"])
+            marked.append(position)
             positions_value += state.value(last.price)
             unrealized += position.unrealized_pnl
+        Position.objects.bulk_update(marked, ["mark_price", "unrealized_pnl"])
         cash_row = Balance.objects.filter(mode=mode, asset=quote_asset).first()
         cash = (cash_row.free + cash_row.locked) if cash_row else _ZERO
         equity = cash + positions_value

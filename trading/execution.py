@@ -69,6 +69,16 @@ class ExecutionConfig:
     exchange_limits: risk.ExchangeLimits = field(default_factory=risk.ExchangeLimits)
 
 
+# Refusals that only say "not now": the exchange's own request limits. The signal waits.
+DEFERRABLE = frozenset({risk.EXCHANGE_ORDER_LIMIT, risk.EXCHANGE_WEIGHT_LIMIT})
+
+
+class Deferred(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 @dataclass
 class CycleReport:
     decided: int = 0
@@ -77,6 +87,7 @@ class CycleReport:
     skipped: int = 0
     resting_filled: int = 0
     tripped: list[str] = field(default_factory=list)
+    deferred: str = ""  # why the remaining signals wait for the next cycle
 
 
 class ExecutionLoop:
@@ -140,7 +151,7 @@ class ExecutionLoop:
         self.start()
         while not stop.is_set():
             report = self.cycle()
-            if not report.decided:
+            if not report.decided or report.deferred:
                 stop.wait(poll_interval_s)
 
     def cycle(self) -> CycleReport:
@@ -151,12 +162,19 @@ class ExecutionLoop:
             report.tripped = self.check_tripwires()
         if isinstance(self.broker, DryRunBroker):
             report.resting_filled = self._fill_resting()
-        for signal in selectors.undecided_signals(
-            since=self._now() - self.config.signal_lookback, limit=self.config.batch
-        ):
-            self._decide_safely(signal, report)
+        try:
+            for signal in selectors.undecided_signals(
+                since=self._now() - self.config.signal_lookback, limit=self.config.batch
+            ):
+                self._decide_safely(signal, report)
+        except Deferred as wait:
+            # The exchange's own limit is near: the rest waits for the next cycles, in order
+            # (a signal that waits past its timeframe is then skipped as stale).
+            report.deferred = wait.reason
         try:
             self.protective_exits(report)
+        except Deferred as wait:
+            report.deferred = wait.reason
         except Exception:  # like a signal: logged, never stops the loop
             logger.exception("protective_exits_failed")
         if now - self._last_reconcile >= self.config.reconcile_every_s:
@@ -226,6 +244,8 @@ class ExecutionLoop:
     def _decide_safely(self, signal: Signal, report: CycleReport) -> None:
         try:
             self.decide(signal, report)
+        except Deferred:
+            raise
         except Exception:  # one bad signal must not stop the loop; it is logged and left
             logger.exception("signal_failed", signal=signal.pk)
             metrics.SIGNALS_DECIDED.labels(outcome="failed", reason="exception").inc()
@@ -453,6 +473,10 @@ class ExecutionLoop:
                 exchange=self.config.exchange_limits,
             )
         refusal = checked if isinstance(checked, Refusal) else None
+        if refusal is not None and refusal.reason in DEFERRABLE:
+            # Not a reason to refuse what the rule asked: only to wait a few seconds.
+            metrics.SIGNALS_DECIDED.labels(outcome="deferred", reason=refusal.reason).inc()
+            raise Deferred(refusal.reason)
         order = services.order_create(
             intent=intent if refusal else checked,  # type: ignore[arg-type]
             symbol=symbol,

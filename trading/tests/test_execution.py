@@ -21,6 +21,7 @@ from rules.models import RuleConfig, Signal
 from rules.services import rule_config_create, rule_version_activate, rule_version_create
 from trading.brokers.dry_run import DryRunBroker
 from trading.core.fills import FillModel
+from trading.core.risk import ExchangeLimits
 from trading.core.types import KillSwitchState, OrderIntent, OrderStatus, OrderType, Side
 from trading.execution import ExecutionConfig, ExecutionLoop
 from trading.killswitch import killswitch_engage
@@ -338,3 +339,23 @@ def test_a_take_profit_sells_and_nothing_protective_goes_out_while_halted() -> N
     assert sell.status == OrderStatus.FILLED
     assert sell.average_price is not None
     assert sell.average_price < Decimal("51600.00")  # slippage, against us
+
+
+def test_the_exchanges_order_limit_makes_signals_wait_not_fail() -> None:
+    desk = make_desk({**SPEC, "order_rate_limits": {"per_symbol_per_minute": 5, "global_per_minute": 100}})
+    desk.loop.config.exchange_limits = ExchangeLimits(orders_per_10s=5, headroom=0.8)  # 4 per 10 s
+    symbols = [desk.btc, desk.eth] + [
+        SymbolFactory.create(symbol=f"S{i}USDT", base=f"S{i}", filters=PRICE_FILTERS) for i in range(4)
+    ]
+    for symbol in symbols:
+        desk.signal("enter", minute=0, symbol=symbol)
+    desk.run()
+    assert Order.objects.count() == 4
+    assert not Order.objects.filter(status=OrderStatus.REJECTED).exists()
+    assert SignalDecision.objects.count() == 4  # the other two wait, undecided
+    desk.run()
+    assert Order.objects.count() == 4
+    desk.clock[0] += 11
+    desk.run()
+    assert Order.objects.count() == 6
+    assert set(Order.objects.values_list("status", flat=True)) == {OrderStatus.FILLED}

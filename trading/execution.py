@@ -46,6 +46,7 @@ SIGNAL_STALE = "signal_stale"
 VERSION_INACTIVE = "version_inactive"
 NO_PRICE = "no_price"
 UNKNOWN_SYMBOL = "unknown_symbol"
+ORDER_PENDING = "order_pending"
 
 
 @dataclass
@@ -282,10 +283,17 @@ class ExecutionLoop:
             report.skipped += 1
             return None
         position = selectors.position_state(selectors.positions(mode).get(symbol.pk))
+        pending = selectors.open_order_sides(mode, symbol_id=symbol.pk)
         cid = client_order_id(
             symbol.exchange, symbol.symbol, signal.timeframe, close_ms, version.pk, signal.action
         )
         context: risk.RiskContext | None = None
+        wanted = Side.SELL if signal.action == Signal.Action.EXIT else Side.BUY
+        if wanted in pending:
+            # An order the same way is still waiting for its fill: this signal adds nothing.
+            services.signal_skip(now=self._now(), signal=signal, mode=mode, reason=ORDER_PENDING)
+            report.skipped += 1
+            return None
         if signal.action == Signal.Action.EXIT:
             if position.is_flat:
                 services.signal_skip(now=self._now(), signal=signal, mode=mode, reason=NO_POSITION)

@@ -158,6 +158,12 @@ def killswitch_state() -> KillSwitchState:
     return KillSwitchState(state) if state else KillSwitchState.ACTIVE
 
 
+def open_order_sides(mode: str, *, symbol_id: int) -> set[Side]:
+    """The sides of the symbol's orders still open (waiting for a fill or an answer)."""
+    rows = Order.objects.filter(mode=mode, symbol_id=symbol_id, status__in=OPEN_STATUSES)
+    return {Side(side) for side in rows.values_list("side", flat=True).distinct()}
+
+
 def open_orders(mode: str) -> list[Order]:
     return list(
         Order.objects.filter(mode=mode, status__in=OPEN_STATUSES).select_related("symbol").order_by("id")

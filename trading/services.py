@@ -223,6 +223,9 @@ def order_apply_report(
                 order.reject_reason = "exchange_rejected"
                 order.reject_detail = report.reject_reason or "refused by the exchange"
                 changed += ["reject_reason", "reject_detail"]
+            elif after is OrderStatus.EXPIRED and report.reject_reason and not order.reject_detail:
+                order.reject_detail = report.reject_reason
+                changed.append("reject_detail")
         if report.exchange_order_id and order.exchange_order_id != report.exchange_order_id:
             order.exchange_order_id = report.exchange_order_id
             changed.append("exchange_order_id")

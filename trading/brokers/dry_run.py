@@ -1,19 +1,21 @@
 """The dry-run broker: orders fill by the fill model (trading.core.fills) against our own
 candles, in a paper account kept in the database. Nothing leaves the process.
 
-Its "exchange" is the order rows themselves: a market order (or a crossing limit) fills as it is
-submitted; a resting limit order fills on the first later closed 1m candle that reaches its
-price, found by `resting_fills` which the execution loop calls every cycle."""
+Its "exchange" is the order rows themselves. An order is matched against the closed 1m candles
+that open at or after the minute it was placed in (see trading.core.fills: a signal on candle t
+fills at t+1 or later). When such a candle is already stored (a replay), the order fills as it
+is submitted; otherwise it waits, and `resting_fills`, which the execution loop calls every
+cycle, fills it when the candle arrives. A market order that finds no candle within
+`MARKET_WAIT` expires (no market data to fill at)."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import replace
-from datetime import timedelta
 from decimal import Decimal
 
-from marketdata.core.timeframes import Timeframe, ms_from_datetime
+from marketdata.core.timeframes import Timeframe, ms_from_datetime, utc_from_ms
 from marketdata.models import Candle, Symbol
 from trading.brokers.base import OrderRefused
 from trading.core.fills import FillModel
@@ -28,6 +30,9 @@ from trading.core.types import (
 )
 from trading.models import Balance, Fill, Mode, Order
 from trading.selectors import OPEN_STATUSES, order_as_report
+
+# How long a dry-run market order waits for the candle to fill at before it expires.
+MARKET_WAIT_MS = 10 * 60_000
 
 
 class DryRunBroker:
@@ -55,41 +60,57 @@ class DryRunBroker:
     def submit(self, intent: OrderIntent) -> OrderReport:
         symbol = self._symbol(intent.symbol)
         now = self._clock()
-        fill = self.fill_model.on_submit(intent, tick=symbol.tick_size, quote_asset=symbol.quote, time_ms=now)
-        return _report(intent, fill=fill, updated_ms=now)
+        fill = self._match(intent, symbol, placed_ms=now)
+        return _report(intent, fill=fill, updated_ms=fill.time_ms if fill else now)
 
     def resting_fills(self) -> list[tuple[Order, OrderReport]]:
-        """Resting dry-run limit orders that a closed 1m candle after their own has reached."""
+        """Open dry-run orders that a candle has now filled, and market orders that waited too
+        long for one (expired)."""
         found = []
-        resting = Order.objects.filter(
-            mode=self.mode, type=OrderType.LIMIT, status__in=OPEN_STATUSES, exchange=self.exchange
+        waiting = Order.objects.filter(
+            mode=self.mode, status__in=OPEN_STATUSES, exchange=self.exchange, submitted_at__isnull=False
         ).select_related("symbol")
-        for order in resting:
-            placed = order.submitted_at or order.created_at
-            first_open = placed.replace(second=0, microsecond=0) + timedelta(minutes=1)
-            candles = (
-                Candle.objects.filter(
-                    symbol_id=order.symbol_id,
-                    timeframe=Timeframe.M1.value,
-                    is_closed=True,
-                    open_time__gte=first_open,
-                )
-                .order_by("open_time")
-                .values_list("open_time", "low", "high")
-            )
+        now = self._clock()
+        for order in waiting:
+            assert order.submitted_at is not None
+            placed_ms = ms_from_datetime(order.submitted_at)
             intent = _intent_of(order)
-            for open_time, low, high in candles.iterator():
-                fill = self.fill_model.on_candle(
-                    intent,
-                    low=low,
-                    high=high,
-                    close_ms=ms_from_datetime(open_time) + Timeframe.M1.ms - 1,
-                    quote_asset=order.symbol.quote,
+            fill = self._match(intent, order.symbol, placed_ms=placed_ms)
+            if fill is not None:
+                found.append((order, _report(intent, fill=fill, updated_ms=fill.time_ms)))
+            elif intent.type is OrderType.MARKET and now - placed_ms > MARKET_WAIT_MS:
+                expired = replace(
+                    _report(intent, fill=None, updated_ms=now),
+                    status=OrderStatus.EXPIRED,
+                    reject_reason=f"no 1m candle to fill at within {MARKET_WAIT_MS // 60_000} minutes",
                 )
-                if fill is not None:
-                    found.append((order, _report(intent, fill=fill, updated_ms=fill.time_ms)))
-                    break
+                found.append((order, expired))
         return found
+
+    def _match(self, intent: OrderIntent, symbol: Symbol, *, placed_ms: int) -> ExecutedFill | None:
+        """The fill on the first stored closed 1m candle, opening at or after the minute the
+        order was placed in, that fills it (market: the first one)."""
+        first_open = utc_from_ms(placed_ms - placed_ms % Timeframe.M1.ms)
+        candles = (
+            Candle.objects.filter(
+                symbol_id=symbol.pk, timeframe=Timeframe.M1.value, is_closed=True, open_time__gte=first_open
+            )
+            .order_by("open_time")
+            .values_list("open_time", "open", "high", "low")
+        )
+        for open_time, open_price, high, low in candles.iterator():
+            fill = self.fill_model.on_candle(
+                intent,
+                open_price=open_price,
+                high=high,
+                low=low,
+                open_ms=ms_from_datetime(open_time),
+                tick=symbol.tick_size,
+                quote_asset=symbol.quote,
+            )
+            if fill is not None:
+                return fill
+        return None
 
     def fetch_order(self, symbol: str, client_order_id: str) -> OrderReport | None:
         order = Order.objects.filter(mode=self.mode, client_order_id=client_order_id).first()

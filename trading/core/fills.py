@@ -1,13 +1,15 @@
 """The fill model: how an order we do not send to an exchange would have filled. Dry-run trading
 and the backtester both use this one model, so their fills cannot diverge.
 
-- A **market** order placed after a candle closed fills at that candle's close (the intent's
-  `reference_price`), moved against us by `slippage_bps` (a buy pays more, a sell gets less) and
-  rounded to the tick against us. It pays the taker fee.
-- A **limit** order that crosses when placed (a buy at or above the reference price, a sell at or
-  below) fills at once like a market order, but never beyond its limit price. Otherwise it rests
-  and fills whole, at its limit price, with the first later closed 1m candle whose low (buy) or
-  high (sell) reaches the price — the simulator's rule too. It pays the maker fee.
+An order is matched against the closed 1m candles that **open at or after the minute it was
+placed in** — never against the candle whose close produced its signal, so nothing fills on data
+the decision could not have had (no lookahead): a signal on candle t fills at t+1 or later.
+- A **market** order fills whole at the open of the first such candle, moved against us by
+  `slippage_bps` (a buy pays more, a sell gets less) and rounded to the tick against us. It pays
+  the taker fee.
+- A **limit** order whose candle opens through its price (a buy at or above the open, a sell at
+  or below) fills at that open, slipped but never beyond its price, as a taker. Otherwise it
+  fills at its price on the first candle whose low (buy) or high (sell) reaches it, as a maker.
 - Fees are in the quote asset: notional x fee_bps / 10,000, rounded up to 8 decimals.
 Orders always fill whole: we trade far below the candles' volume, and a partial-fill model would
 add behaviour nobody could check against the exchange.
@@ -48,41 +50,32 @@ class FillModel:
         moved = reference * (_BPS - self.slippage_bps) / _BPS
         return max(round_to_step(moved, origin=Decimal(0), step=tick), tick if tick > 0 else moved)
 
-    def on_submit(
-        self, intent: OrderIntent, *, tick: Decimal, quote_asset: str, time_ms: int
-    ) -> ExecutedFill | None:
-        """The fill an order gets as it is placed, or None when it rests (a limit that does not
-        cross)."""
-        price = self.slipped_price(intent.side, intent.reference_price, tick)
-        if intent.type is OrderType.LIMIT:
-            assert intent.price is not None
-            crosses = (
-                intent.reference_price <= intent.price
-                if intent.side is Side.BUY
-                else intent.reference_price >= intent.price
-            )
-            if not crosses:
-                return None
-            price = min(price, intent.price) if intent.side is Side.BUY else max(price, intent.price)
-        return self._fill(intent, price, quote_asset=quote_asset, time_ms=time_ms, maker=False)
-
     def on_candle(
         self,
         intent: OrderIntent,
         *,
-        low: Decimal,
+        open_price: Decimal,
         high: Decimal,
-        close_ms: int,
+        low: Decimal,
+        open_ms: int,
+        tick: Decimal,
         quote_asset: str,
     ) -> ExecutedFill | None:
-        """The fill of a resting limit order on a closed 1m candle after the one it was placed
-        in, or None when the candle did not reach its price."""
-        if intent.type is not OrderType.LIMIT or intent.price is None:
-            raise ValueError("only limit orders rest")
-        reached = low <= intent.price if intent.side is Side.BUY else high >= intent.price
-        if not reached:
-            return None
-        return self._fill(intent, intent.price, quote_asset=quote_asset, time_ms=close_ms, maker=True)
+        """The fill of `intent` on one closed 1m candle that opened at or after the order was
+        placed (the first such candle for a market order), or None when it does not fill there."""
+        slipped = self.slipped_price(intent.side, open_price, tick)
+        if intent.type is OrderType.MARKET:
+            return self._fill(intent, slipped, quote_asset=quote_asset, time_ms=open_ms, maker=False)
+        if intent.price is None:
+            raise ValueError("a limit order needs a price")
+        buy = intent.side is Side.BUY
+        if (open_price <= intent.price) if buy else (open_price >= intent.price):
+            price = min(slipped, intent.price) if buy else max(slipped, intent.price)
+            return self._fill(intent, price, quote_asset=quote_asset, time_ms=open_ms, maker=False)
+        if (low <= intent.price) if buy else (high >= intent.price):
+            close_ms = open_ms + 59_999
+            return self._fill(intent, intent.price, quote_asset=quote_asset, time_ms=close_ms, maker=True)
+        return None
 
     def _fill(
         self, intent: OrderIntent, price: Decimal, *, quote_asset: str, time_ms: int, maker: bool

@@ -1,6 +1,7 @@
 """The fill model (`trading.core.fills`): fees rounded up to 8 decimals, slippage against us and
-on the tick, limit orders that cross at once or rest until a candle reaches them, and fill ids
-that are the same every time."""
+on the tick, orders matched on the candles after their placement (market at the open; limit at
+the open when it opens through the price, else at the price when the range reaches it), and fill
+ids that are the same every time."""
 
 from __future__ import annotations
 
@@ -39,7 +40,11 @@ def limit(side: Side, price: str, quantity: str = "0.5", reference: str = "100")
 
 
 def submitted(intent: OrderIntent, model: FillModel = MODEL) -> ExecutedFill | None:
-    return model.on_submit(intent, tick=TICK, quote_asset="USDT", time_ms=1_000)
+    """Matched on a flat candle opening at the intent's reference price."""
+    price = intent.reference_price
+    return model.on_candle(
+        intent, open_price=price, high=price, low=price, open_ms=1_000, tick=TICK, quote_asset="USDT"
+    )
 
 
 # Fees -------------------------------------------------------------------------------------------
@@ -115,7 +120,10 @@ def test_market_order_fills_whole_at_the_slipped_price_as_taker(
 ) -> None:
     reference = scaled(cents, -2)
     intent = OrderIntent("oas-x", "BTCUSDT", side, OrderType.MARKET, quantity, reference)
-    fill = MODEL.on_submit(intent, tick=TICK, quote_asset="USDT", time_ms=42)
+    high, low = reference * 2, reference / 2  # the range does not matter: the open does
+    fill = MODEL.on_candle(
+        intent, open_price=reference, high=high, low=low, open_ms=42, tick=TICK, quote_asset="USDT"
+    )
     assert fill is not None
     assert fill.quantity == quantity
     assert fill.price == MODEL.slipped_price(side, reference, TICK)
@@ -167,7 +175,15 @@ def test_limit_that_does_not_cross_rests(side: Side, price: str) -> None:
 def test_resting_limit_fills_on_a_candle_that_reaches_it(side: Side, low: str, high: str, hit: bool) -> None:
     price = "99" if side is Side.BUY else "101"
     intent = limit(side, price)
-    fill = MODEL.on_candle(intent, low=Decimal(low), high=Decimal(high), close_ms=120_000, quote_asset="USDT")
+    fill = MODEL.on_candle(
+        intent,
+        open_price=Decimal(100),
+        high=Decimal(high),
+        low=Decimal(low),
+        open_ms=60_001,
+        tick=TICK,
+        quote_asset="USDT",
+    )
     if not hit:
         assert fill is None
         return
@@ -182,9 +198,33 @@ def test_resting_limit_fills_on_a_candle_that_reaches_it(side: Side, low: str, h
     )
 
 
-def test_only_limit_orders_rest() -> None:
-    with pytest.raises(ValueError, match="only limit orders rest"):
-        MODEL.on_candle(market(Side.BUY), low=Decimal(1), high=Decimal(2), close_ms=0, quote_asset="USDT")
+def test_a_limit_that_opens_through_its_price_fills_at_the_open() -> None:
+    # A buy at 99 on a candle that gaps down to open at 98: it gets 98 slipped (98.05), a taker.
+    fill = MODEL.on_candle(
+        limit(Side.BUY, "99"),
+        open_price=Decimal(98),
+        high=Decimal(98),
+        low=Decimal(97),
+        open_ms=0,
+        tick=TICK,
+        quote_asset="USDT",
+    )
+    assert fill is not None
+    assert (fill.price, fill.is_maker, fill.time_ms) == (Decimal("98.05"), False, 0)
+
+
+def test_a_limit_without_a_price_is_refused() -> None:
+    intent = OrderIntent("oas-1", "BTCUSDT", Side.BUY, OrderType.LIMIT, Decimal(1), Decimal(100))
+    with pytest.raises(ValueError, match="needs a price"):
+        MODEL.on_candle(
+            intent,
+            open_price=Decimal(1),
+            high=Decimal(2),
+            low=Decimal(1),
+            open_ms=0,
+            tick=TICK,
+            quote_asset="USDT",
+        )
 
 
 # Identity ---------------------------------------------------------------------------------------

@@ -148,7 +148,8 @@ def test_a_dry_run_session_adds_up(sim):
     assert len(filled) >= 4
     assert all(o.status in (OrderStatus.FILLED, OrderStatus.REJECTED) for o in orders)
 
-    # Each fill is the fill model's answer to its signal's candle close.
+    # Each fill is the fill model's answer to the open of the candle after its signal's (no
+    # lookahead: the order is decided on t's close and fills at t+1).
     fees = Decimal(0)
     for order in filled:
         (fill,) = Fill.objects.filter(order=order)
@@ -157,7 +158,10 @@ def test_a_dry_run_session_adds_up(sim):
             symbol=order.symbol, timeframe="1m", open_time=order.signal.open_time
         ).close
         assert order.reference_price == close
-        assert fill.price == model.slipped_price(Side(order.side), close, order.symbol.tick_size)
+        after = order.signal.open_time + timedelta(minutes=1)
+        next_open = Candle.objects.get(symbol=order.symbol, timeframe="1m", open_time=after).open
+        assert fill.price == model.slipped_price(Side(order.side), next_open, order.symbol.tick_size)
+        assert fill.executed_at == after
         assert fill.quantity == order.quantity == order.filled_quantity
         assert fill.fee == model.fee(fill.price * fill.quantity, maker=False)
         assert (fill.quantity - order.symbol.min_qty) % order.symbol.step_size == 0

@@ -55,27 +55,39 @@ class Desk:
 
     def candle(self, minute: int, close: str = "50000.00", symbol: Symbol | None = None) -> Candle:
         price = Decimal(close)
-        return Candle.objects.create(
+        candle, _ = Candle.objects.update_or_create(
             symbol=symbol or self.btc,
             timeframe="1m",
             open_time=T0 + timedelta(minutes=minute),
-            open=price,
-            high=price,
-            low=price,
-            close=price,
-            volume=Decimal(1),
-            quote_volume=price,
-            trade_count=1,
-            is_closed=True,
-            source="ws",
-            ingested_at=T0 + timedelta(minutes=minute + 1),
+            defaults=self._fields(minute, price),
         )
+        return candle
+
+    @staticmethod
+    def _fields(minute: int, price: Decimal) -> dict[str, Any]:
+        return {
+            "open": price,
+            "high": price,
+            "low": price,
+            "close": price,
+            "volume": Decimal(1),
+            "quote_volume": price,
+            "trade_count": 1,
+            "is_closed": True,
+            "source": "ws",
+            "ingested_at": T0 + timedelta(minutes=minute + 1),
+        }
 
     def signal(self, action: str, minute: int = 0, symbol: Symbol | None = None) -> Signal:
         """A signal on minute `minute`'s close; the clock moves to just after that close."""
         symbol = symbol or self.btc
-        if not Candle.objects.filter(symbol=symbol, open_time=T0 + timedelta(minutes=minute)).exists():
-            self.candle(minute, symbol=symbol)
+        candle = Candle.objects.filter(symbol=symbol, open_time=T0 + timedelta(minutes=minute)).first()
+        if candle is None:
+            candle = self.candle(minute, symbol=symbol)
+        # Orders fill at the open of the next candle: in these replays it is there already,
+        # opening where the signal's candle closed.
+        if not Candle.objects.filter(symbol=symbol, open_time=T0 + timedelta(minutes=minute + 1)).exists():
+            self.candle(minute + 1, close=f"{candle.close:f}", symbol=symbol)
         self.clock[0] = (T0 + timedelta(minutes=minute + 1, seconds=1)).timestamp()
         self.config.refresh_from_db()
         assert self.config.active_version is not None
@@ -315,6 +327,9 @@ def test_a_stop_loss_sells_the_position_once() -> None:
     desk.candle(2, close="48900.00")  # -2.2 %: out
     desk.clock[0] = (T0 + timedelta(minutes=3, seconds=1)).timestamp()
     desk.run()
+    assert Order.objects.get(side="sell").status == OrderStatus.SUBMITTED  # waits for the next open
+    desk.candle(3, close="48800.00")
+    desk.run()
     desk.run()
     sell = Order.objects.get(side="sell")
     assert sell.status == OrderStatus.FILLED
@@ -334,6 +349,8 @@ def test_a_take_profit_sells_and_nothing_protective_goes_out_while_halted() -> N
     desk.run()
     assert Order.objects.count() == 1
     killswitch_engage(state=KillSwitchState.REDUCING, reason="test", actor="system:test")
+    desk.run()
+    desk.candle(2, close="51600.00")
     desk.run()
     sell = Order.objects.get(side="sell")
     assert sell.status == OrderStatus.FILLED
@@ -359,3 +376,25 @@ def test_the_exchanges_order_limit_makes_signals_wait_not_fail() -> None:
     desk.run()
     assert Order.objects.count() == 6
     assert set(Order.objects.values_list("status", flat=True)) == {OrderStatus.FILLED}
+
+
+def test_a_market_order_fills_at_the_next_open_or_expires_without_one(desk: Desk) -> None:
+    desk.signal("enter", minute=0)
+    Candle.objects.filter(open_time=T0 + timedelta(minutes=1)).delete()  # not closed yet
+    desk.run()
+    buy = only_order()
+    assert buy.status == OrderStatus.SUBMITTED
+    desk.candle(1, close="50100.00")
+    desk.run()
+    buy.refresh_from_db()
+    assert buy.status == OrderStatus.FILLED
+    assert buy.average_price == FillModel().slipped_price(Side.BUY, Decimal("50100.00"), desk.btc.tick_size)
+
+    desk.signal("enter", minute=3, symbol=desk.eth)
+    Candle.objects.filter(symbol=desk.eth, open_time=T0 + timedelta(minutes=4)).delete()
+    desk.run()
+    desk.clock[0] += 11 * 60  # no candle for eleven minutes (the feed is down)
+    desk.run()
+    eth = Order.objects.get(symbol=desk.eth)
+    assert eth.status == OrderStatus.EXPIRED
+    assert "no 1m candle" in eth.reject_detail

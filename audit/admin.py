@@ -1,13 +1,11 @@
-from typing import Any
-
 from django.contrib import admin
-from django.http import HttpRequest
 
 from audit.models import AuditEvent
+from oasis_site.readonly_admin import ReadOnlyModelAdmin
 
 
 @admin.register(AuditEvent)
-class AuditEventAdmin(admin.ModelAdmin[AuditEvent]):
+class AuditEventAdmin(ReadOnlyModelAdmin):
     """Read-only: the audit log is written by services only and never changed."""
 
     list_display = ("seq", "created_at", "actor", "action", "object_type", "object_id")
@@ -28,12 +26,3 @@ class AuditEventAdmin(admin.ModelAdmin[AuditEvent]):
         "prev_hash",
         "hash",
     )
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False

@@ -63,10 +63,10 @@ from django.test.utils import override_settings, setup_databases, teardown_datab
 from waffle.models import Flag  # noqa: E402
 
 from marketdata.backfill import backfill_range  # noqa: E402
-from marketdata.core.klines import Kline  # noqa: E402
-from marketdata.core.timeframes import Timeframe, ms_from_datetime  # noqa: E402
+from marketdata.core.timeframes import ms_from_datetime  # noqa: E402
 from marketdata.ingest.derived import closed_candle_event  # noqa: E402
 from marketdata.models import Candle, Symbol  # noqa: E402
+from marketdata.selectors import candle_as_kline  # noqa: E402
 from marketdata.services import CandleWrite  # noqa: E402
 from marketdata.simulator.config import SimConfig  # noqa: E402
 from marketdata.simulator.server import SimExchangeThread  # noqa: E402
@@ -376,22 +376,6 @@ def run_live(orders: int, orders_per_10s: int) -> dict[str, float]:
 # 3. Rejection ratio of a replayed day --------------------------------------------------------
 
 
-def kline_of(candle: Candle, symbol: str) -> Kline:
-    return Kline(
-        symbol=symbol,
-        timeframe=Timeframe.M1,
-        open_time_ms=ms_from_datetime(candle.open_time),
-        open=candle.open,
-        high=candle.high,
-        low=candle.low,
-        close=candle.close,
-        volume=candle.volume,
-        quote_volume=candle.quote_volume,
-        trades=candle.trade_count,
-        closed=True,
-    )
-
-
 def run_replay(minutes: int) -> tuple[dict[str, float], Counter[str]]:
     if not REAL_CANDLES_CSV.exists():
         raise SystemExit(f"the real candles are not here: {REAL_CANDLES_CSV}")
@@ -433,7 +417,7 @@ def run_replay(minutes: int) -> tuple[dict[str, float], Counter[str]]:
         for open_time, closing in sorted(by_minute.items()):
             events = [
                 closed_candle_event(
-                    CandleWrite(c.symbol_id, kline_of(c, symbols[c.symbol_id].symbol), "ws"),
+                    CandleWrite(c.symbol_id, candle_as_kline(c, symbol=symbols[c.symbol_id].symbol), "ws"),
                     symbol=symbols[c.symbol_id].symbol,
                     committed_at=0.0,
                 )

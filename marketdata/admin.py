@@ -10,17 +10,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from marketdata.models import Candle, Gap, Symbol, SymbolFilterSnapshot
-
-
-class _ReadOnly(admin.ModelAdmin[Any]):
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
+from oasis_site.readonly_admin import ReadOnlyModelAdmin
 
 
 class SymbolFilterSnapshotInline(admin.TabularInline[SymbolFilterSnapshot, Symbol]):
@@ -36,7 +26,7 @@ class SymbolFilterSnapshotInline(admin.TabularInline[SymbolFilterSnapshot, Symbo
 
 
 @admin.register(Symbol)
-class SymbolAdmin(_ReadOnly):
+class SymbolAdmin(ReadOnlyModelAdmin):
     list_display = ("symbol", "exchange", "status", "base", "quote", "updated_at")
     list_filter = ("exchange", "status", "quote")
     search_fields = ("symbol", "base", "quote")
@@ -44,7 +34,7 @@ class SymbolAdmin(_ReadOnly):
 
 
 @admin.register(Candle)
-class CandleAdmin(_ReadOnly):
+class CandleAdmin(ReadOnlyModelAdmin):
     list_display = (
         "symbol", "timeframe", "open_time", "open", "high", "low", "close", "volume",
         "source", "is_imputed", "imputed_inputs",
@@ -57,7 +47,7 @@ class CandleAdmin(_ReadOnly):
 
 
 @admin.register(Gap)
-class GapAdmin(_ReadOnly):
+class GapAdmin(ReadOnlyModelAdmin):
     list_display = (
         "symbol", "timeframe", "start", "end", "status", "attempts", "candles_backfilled",
         "candles_imputed", "next_attempt_at", "reason",
@@ -69,7 +59,9 @@ class GapAdmin(_ReadOnly):
     actions = ["retry_now"]
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return obj is None and super(_ReadOnly, self).has_change_permission(request, obj)  # for the action
+        return obj is None and super(ReadOnlyModelAdmin, self).has_change_permission(
+            request, obj
+        )  # for the action
 
     @admin.action(description="Backfill the selected unresolved gaps now")
     def retry_now(self, request: HttpRequest, queryset: QuerySet[Gap]) -> None:

@@ -7,7 +7,8 @@ from collections.abc import Iterable, Sequence
 from django.db import connection
 from django.db.models import Max
 
-from marketdata.core.timeframes import Timeframe, utc_from_ms
+from marketdata.core.klines import Kline
+from marketdata.core.timeframes import Timeframe, ms_from_datetime, utc_from_ms
 from marketdata.models import Candle, Symbol
 
 
@@ -91,3 +92,21 @@ def candle_gaps(
             gaps.append((previous + step, current - step))
         previous = current
     return gaps
+
+
+def candle_as_kline(candle: Candle, *, symbol: str) -> Kline:
+    """A stored candle as the exchange sent it (a replay hands it to the close listeners as
+    ingestion would)."""
+    return Kline(
+        symbol=symbol,
+        timeframe=Timeframe(candle.timeframe),
+        open_time_ms=ms_from_datetime(candle.open_time),
+        open=candle.open,
+        high=candle.high,
+        low=candle.low,
+        close=candle.close,
+        volume=candle.volume,
+        quote_volume=candle.quote_volume,
+        trades=candle.trade_count,
+        closed=candle.is_closed,
+    )

@@ -19,22 +19,12 @@ from django.utils.html import format_html
 from django.views.decorators.http import require_GET, require_POST
 
 from audit.models import AuditEvent
+from oasis_site.readonly_admin import ReadOnlyModelAdmin
 from trading.core.types import KillSwitchState
 from trading.killswitch import KillSwitchError, killswitch_engage, killswitch_release, killswitch_view
 from trading.models import Balance, EquitySnapshot, Fill, KillSwitch, Order, Position, SignalDecision
 
 HISTORY_LENGTH = 20
-
-
-class _ReadOnly(admin.ModelAdmin[Any]):
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
 
 class FillInline(admin.TabularInline[Fill, Order]):
@@ -56,7 +46,7 @@ class FillInline(admin.TabularInline[Fill, Order]):
 
 
 @admin.register(Order)
-class OrderAdmin(_ReadOnly):
+class OrderAdmin(ReadOnlyModelAdmin):
     list_display = (
         "created_at", "client_order_id", "mode", "symbol", "side", "type", "status", "reject_reason",
         "quantity", "price", "filled_quantity", "average_price",
@@ -71,7 +61,7 @@ class OrderAdmin(_ReadOnly):
 
 
 @admin.register(Fill)
-class FillAdmin(_ReadOnly):
+class FillAdmin(ReadOnlyModelAdmin):
     list_display = (
         "executed_at", "order_link", "symbol", "side", "trade_id", "price", "quantity", "fee", "fee_asset",
         "is_maker",
@@ -102,7 +92,7 @@ class FillAdmin(_ReadOnly):
 
 
 @admin.register(Position)
-class PositionAdmin(_ReadOnly):
+class PositionAdmin(ReadOnlyModelAdmin):
     list_display = (
         "mode", "symbol", "quantity", "average_price", "mark_price", "unrealized_pnl", "realized_pnl",
         "fees", "last_trade_at", "updated_at",
@@ -114,7 +104,7 @@ class PositionAdmin(_ReadOnly):
 
 
 @admin.register(Balance)
-class BalanceAdmin(_ReadOnly):
+class BalanceAdmin(ReadOnlyModelAdmin):
     list_display = ("mode", "asset", "free", "locked", "updated_at")
     list_filter = ("mode",)
     search_fields = ("asset",)
@@ -122,7 +112,7 @@ class BalanceAdmin(_ReadOnly):
 
 
 @admin.register(EquitySnapshot)
-class EquitySnapshotAdmin(_ReadOnly):
+class EquitySnapshotAdmin(ReadOnlyModelAdmin):
     list_display = (
         "taken_at", "mode", "quote_asset", "equity", "cash", "positions_value", "realized_pnl",
         "unrealized_pnl", "fees", "peak_equity", "drawdown_pct",
@@ -134,7 +124,7 @@ class EquitySnapshotAdmin(_ReadOnly):
 
 
 @admin.register(SignalDecision)
-class SignalDecisionAdmin(_ReadOnly):
+class SignalDecisionAdmin(ReadOnlyModelAdmin):
     list_display = ("decided_at", "signal", "mode", "outcome", "reason")
     list_filter = ("mode", "outcome", "reason")
     search_fields = ("signal__symbol__symbol", "reason")

@@ -16,10 +16,9 @@ from waffle.models import Flag
 from audit.models import AuditEvent
 from audit.selectors import audit_chain_verify
 from marketdata.backfill import backfill_range
-from marketdata.core.klines import Kline
-from marketdata.core.timeframes import Timeframe, ms_from_datetime
 from marketdata.ingest.derived import closed_candle_event
 from marketdata.models import Candle, Symbol
+from marketdata.selectors import candle_as_kline
 from marketdata.services import CandleWrite
 from marketdata.simulator.config import SimConfig
 from marketdata.simulator.server import SimExchangeThread
@@ -76,22 +75,6 @@ def sim(running_sim, settings):
         yield running_sim
 
 
-def kline_of(candle: Candle, symbol: str) -> Kline:
-    return Kline(
-        symbol=symbol,
-        timeframe=Timeframe.M1,
-        open_time_ms=ms_from_datetime(candle.open_time),
-        open=candle.open,
-        high=candle.high,
-        low=candle.low,
-        close=candle.close,
-        volume=candle.volume,
-        quote_volume=candle.quote_volume,
-        trades=candle.trade_count,
-        closed=True,
-    )
-
-
 def test_a_dry_run_session_adds_up(sim):
     first = datetime.fromtimestamp((START - HISTORY_MINUTES * MINUTE) / 1000, tz=UTC)
     last = datetime.fromtimestamp((START - MINUTE) / 1000, tz=UTC)
@@ -129,7 +112,9 @@ def test_a_dry_run_session_adds_up(sim):
     for open_time, closing in sorted(by_minute.items()):
         events = [
             closed_candle_event(
-                CandleWrite(s.pk, kline_of(c, s.symbol), "ws"), symbol=s.symbol, committed_at=0.0
+                CandleWrite(s.pk, candle_as_kline(c, symbol=s.symbol), "ws"),
+                symbol=s.symbol,
+                committed_at=0.0,
             )
             for s, c in closing
         ]

@@ -30,7 +30,7 @@ from rules.selectors import active_versions
 from trading import metrics, selectors, services
 from trading.brokers.base import Broker, BrokerError, BrokerUnavailable, Halted, OrderRefused, OutcomeUnknown
 from trading.brokers.dry_run import DryRunBroker
-from trading.core import risk, tripwires
+from trading.core import decisions, risk, tripwires
 from trading.core.identifiers import client_order_id
 from trading.core.types import KillSwitchState, OrderIntent, OrderType, Refusal, Side
 from trading.killswitch import killswitch_trip
@@ -40,13 +40,8 @@ from trading.reconciliation import reconcile, with_fills
 logger = structlog.get_logger(__name__)
 
 # Skip reasons (signal decisions that are not orders).
-NO_POSITION = "no_position"
-POSITION_OPEN = "position_open"
-SIGNAL_STALE = "signal_stale"
 VERSION_INACTIVE = "version_inactive"
-NO_PRICE = "no_price"
 UNKNOWN_SYMBOL = "unknown_symbol"
-ORDER_PENDING = "order_pending"
 
 
 @dataclass
@@ -272,64 +267,45 @@ class ExecutionLoop:
         symbol = signal.symbol
         timeframe = Timeframe(signal.timeframe)
         close_ms = ms_from_datetime(signal.open_time) + timeframe.ms
-        age_s = (self._now_ms() - close_ms) / 1000
-        if age_s > min(self.config.max_signal_age_s, timeframe.ms / 1000):
-            services.signal_skip(now=self._now(), signal=signal, mode=mode, reason=SIGNAL_STALE)
-            report.skipped += 1
-            return None
         reference = selectors.candle_close(symbol.pk, signal.timeframe, signal.open_time)
-        if reference is None or reference <= 0:
-            services.signal_skip(now=self._now(), signal=signal, mode=mode, reason=NO_PRICE)
-            report.skipped += 1
-            return None
         position = selectors.position_state(selectors.positions(mode).get(symbol.pk))
-        pending = selectors.open_order_sides(mode, symbol_id=symbol.pk)
-        cid = client_order_id(
-            symbol.exchange, symbol.symbol, signal.timeframe, close_ms, version.pk, signal.action
+        side = decisions.triage(
+            decisions.SignalFacts(
+                action=signal.action,
+                close_ms=close_ms,
+                timeframe_ms=timeframe.ms,
+                now_ms=self._now_ms(),
+                reference=reference,
+                position_quantity=position.quantity,
+                pending=frozenset(selectors.open_order_sides(mode, symbol_id=symbol.pk)),
+                max_age_s=self.config.max_signal_age_s,
+            )
         )
-        context: risk.RiskContext | None = None
-        wanted = Side.SELL if signal.action == Signal.Action.EXIT else Side.BUY
-        if wanted in pending:
-            # An order the same way is still waiting for its fill: this signal adds nothing.
-            services.signal_skip(now=self._now(), signal=signal, mode=mode, reason=ORDER_PENDING)
+        if isinstance(side, decisions.Skip):
+            services.signal_skip(now=self._now(), signal=signal, mode=mode, reason=side.reason)
             report.skipped += 1
             return None
-        if signal.action == Signal.Action.EXIT:
-            if position.is_flat:
-                services.signal_skip(now=self._now(), signal=signal, mode=mode, reason=NO_POSITION)
-                report.skipped += 1
-                return None
-            intent = OrderIntent(
-                cid, symbol.symbol, Side.SELL, OrderType.MARKET, position.quantity, reference
-            )
-            requested = position.quantity
+        assert reference is not None
+        context: risk.RiskContext | None = None
+        if side is Side.SELL:
+            wanted = decisions.exit_order(position.quantity)
         else:
-            if not position.is_flat:
-                services.signal_skip(now=self._now(), signal=signal, mode=mode, reason=POSITION_OPEN)
-                report.skipped += 1
-                return None
             context = self._context(symbol, reference)
-            limits = limits_of(spec)
-            quote = spec.sizing.quote_amount
-            if quote is None:
-                assert spec.sizing.equity_pct is not None
-                snapshot = selectors.latest_equity(mode)
-                equity = snapshot.equity if snapshot else context.free_quote
-                quote = equity * spec.sizing.equity_pct / 100
-            # Cut to the room under the position limits, not to the balance: a balance too
-            # small for what the rule asks is refused by name, not silently traded smaller.
-            amount = risk.entry_quote_amount(
-                sizing_quote=quote,
-                limits=limits,
+            snapshot = selectors.latest_equity(mode) if spec.sizing.equity_pct is not None else None
+            wanted = decisions.entry_order(
+                reference=reference,
+                sizing_quote=spec.sizing.quote_amount,
+                sizing_equity_pct=spec.sizing.equity_pct,
+                equity=snapshot.equity if snapshot else context.free_quote,
+                limits=limits_of(spec),
                 position_value=context.position_value,
                 total_exposure=context.total_exposure,
             )
-            requested = quote / reference
-            quantity = amount / reference
-            if quantity <= 0:
-                # Sizing found no room: checked as asked, so the refusal names the limit hit.
-                quantity = requested
-            intent = OrderIntent(cid, symbol.symbol, Side.BUY, OrderType.MARKET, quantity, reference)
+        cid = client_order_id(
+            symbol.exchange, symbol.symbol, signal.timeframe, close_ms, version.pk, signal.action
+        )
+        intent = OrderIntent(cid, symbol.symbol, wanted.side, OrderType.MARKET, wanted.quantity, reference)
+        requested = wanted.requested
         return self.execute(
             intent,
             symbol=symbol,

@@ -31,27 +31,18 @@ import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from decimal import Decimal, InvalidOperation
 from functools import partial
 from typing import Any, NoReturn, TypeVar
 
 import ccxt
-import orjson
 import structlog
 
 from marketdata.exchanges import exchange_profile
 from marketdata.ingest.rest import ccxt_client
 from trading.brokers.base import BrokerError, BrokerUnavailable, Halted, OrderRefused, OutcomeUnknown
-from trading.core.types import (
-    BalanceLine,
-    ExecutedFill,
-    OrderIntent,
-    OrderReport,
-    OrderStatus,
-    OrderType,
-    Side,
-)
+from trading.brokers.venues import Binance, Coinbase, Venue
+from trading.brokers.venues.base import OrderAbsent, PlaceRefused, now_ms
+from trading.core.types import BalanceLine, ExecutedFill, OrderIntent, OrderReport
 from trading.credentials import ExchangeCredentials, Redactor
 
 logger = structlog.get_logger(__name__)
@@ -81,8 +72,6 @@ _TRANSIENT = frozenset({SERVER_ERROR, RATE_LIMITED, BANNED, TIMEOUT, NETWORK})
 _MAYBE_DONE = frozenset({SERVER_ERROR, TIMEOUT, NETWORK})  # the request may have been carried out
 _NOT_FOUND, _AUTH, _REFUSED = "not_found", "auth", "refused"
 
-_DAY_MS = 86_400_000
-
 
 @dataclass(frozen=True)
 class _Failure:
@@ -98,14 +87,6 @@ class _Failure:
     @property
     def maybe_done(self) -> bool:
         return self.kind in _MAYBE_DONE
-
-
-class _OrderAbsent(Exception):
-    """A venue established that the exchange holds no order with this client order id."""
-
-
-class _PlaceRefused(Exception):
-    """An exchange answered a placement with HTTP 200 and a refusal (Coinbase's success: false)."""
 
 
 class LiveBroker:
@@ -163,7 +144,7 @@ class LiveBroker:
         self._headers: Mapping[str, str] = {}
         self._body: str = ""
         self._client = self._build_client(exchange, credentials, rest_url, timeout_ms)
-        self._venue: _Venue = _Coinbase(self._client) if exchange == "coinbase" else _Binance(self._client)
+        self._venue: Venue = Coinbase(self._client) if exchange == "coinbase" else Binance(self._client)
         self._markets: dict[str, str] | None = None  # our symbol → exchange market id
 
     def _build_client(
@@ -239,13 +220,13 @@ class LiveBroker:
             if not self._gate():
                 logger.warning("broker_halted", exchange=self.exchange, call=where, attempt=attempt)
                 raise Halted(f"{where}: the kill switch closed the gate; nothing sent (attempt {attempt})")
-            signed_ms = _now_ms()
+            signed_ms = now_ms()
             try:
                 raw = self._once(lambda: self._venue.place(intent, market_id))
                 return self._venue.placed(raw, intent)
-            except _PlaceRefused as refusal:
+            except PlaceRefused as refusal:
                 raise OrderRefused(f"{where}: the exchange refused: {self._redact(refusal)}") from None
-            except (ccxt.BaseError, _OrderAbsent) as error:
+            except (ccxt.BaseError, OrderAbsent) as error:
                 failure = self._failure(error)
             if failure.kind == _REFUSED and attempt > 1 and self._venue.is_duplicate(self._body):
                 # A resend met the order we had looked for in vain (it arrived late): it is ours.
@@ -271,7 +252,7 @@ class LiveBroker:
                 if self.exchange in BINANCE_FAMILY:
                     # Not there yet — but a delayed request could still land until its signature's
                     # window closes. Look again after that: then "absent" is final.
-                    settle_ms = signed_ms + RECV_WINDOW_MS + CLOCK_MARGIN_MS - _now_ms()
+                    settle_ms = signed_ms + RECV_WINDOW_MS + CLOCK_MARGIN_MS - now_ms()
                     if settle_ms > 0:
                         self._sleep(settle_ms / 1000)
                         found = self._lookup(intent, market_id, where)
@@ -381,7 +362,7 @@ class LiveBroker:
                 raise Halted(f"{where}: the kill switch closed the gate; nothing sent (attempt {attempt})")
             try:
                 return self._once(fn)
-            except (ccxt.BaseError, _OrderAbsent) as error:
+            except (ccxt.BaseError, OrderAbsent) as error:
                 failure = self._failure(error)
             if failure.kind == _NOT_FOUND:
                 raise _Absent(failure.message)
@@ -415,7 +396,7 @@ class LiveBroker:
 
     def _failure(self, error: Exception) -> _Failure:
         status = self._status
-        if isinstance(error, _OrderAbsent):
+        if isinstance(error, OrderAbsent):
             return _Failure(kind=_NOT_FOUND, message=self._redact(error), status=status)
         code = self._venue.error_code(self._body) if status is not None else None
         message = self._redact(self._venue.error_text(self._body) if status is not None else "")
@@ -483,470 +464,7 @@ class _Absent(BrokerError):
     reason = "order_not_found"
 
 
-# Venues ------------------------------------------------------------------------------------
-
-Call = Callable[[str, Callable[[], Any]], Any]
-
-
-class _Venue:
-    """One exchange API's requests and the conversion of its answers. The broker retries a
-    method without `call` as a whole; those given `call` (paged reads) make each of their
-    requests through it."""
-
-    not_found_codes: frozenset[int] = frozenset()
-    not_found_statuses: frozenset[int] = frozenset()
-    auth_codes: frozenset[int] = frozenset()
-    rate_limit_codes: frozenset[int] = frozenset()
-    unknown_outcome_codes: frozenset[int] = frozenset()
-
-    def __init__(self, client: Any) -> None:
-        self.client = client
-
-    def place(self, intent: OrderIntent, market_id: str) -> Any:
-        raise NotImplementedError
-
-    def placed(self, raw: Any, intent: OrderIntent) -> OrderReport:
-        raise NotImplementedError
-
-    def query(self, market_id: str, client_order_id: str) -> Any:
-        raise NotImplementedError
-
-    def cancel(self, market_id: str, client_order_id: str) -> Any:
-        raise NotImplementedError
-
-    def open_orders(self, market_id: str | None) -> list[Any]:
-        raise NotImplementedError
-
-    def trades(self, market_id: str, since_ms: int, call: Call) -> list[tuple[str, ExecutedFill]]:
-        raise NotImplementedError
-
-    def balances(self, call: Call) -> list[BalanceLine]:
-        raise NotImplementedError
-
-    def report(self, raw: Any, symbol: str | None) -> OrderReport:
-        raise NotImplementedError
-
-    def is_duplicate(self, body: str) -> bool:
-        return False
-
-    def error_code(self, body: str) -> int | None:
-        return None
-
-    def error_text(self, body: str) -> str:
-        return ""
-
-
-_BINANCE_STATUS = {
-    "NEW": OrderStatus.SUBMITTED,
-    "PENDING_NEW": OrderStatus.SUBMITTED,
-    "PARTIALLY_FILLED": OrderStatus.PARTIALLY_FILLED,
-    "FILLED": OrderStatus.FILLED,
-    "CANCELED": OrderStatus.CANCELED,
-    "PENDING_CANCEL": OrderStatus.CANCELED,
-    "REJECTED": OrderStatus.REJECTED,
-    "EXPIRED": OrderStatus.EXPIRED,
-    "EXPIRED_IN_MATCH": OrderStatus.EXPIRED,
-}
-# ccxt's unified statuses, for exchange statuses the tables here do not know.
-_UNIFIED_STATUS = {
-    "open": OrderStatus.SUBMITTED,
-    "closed": OrderStatus.FILLED,
-    "canceled": OrderStatus.CANCELED,
-    "expired": OrderStatus.EXPIRED,
-    "rejected": OrderStatus.REJECTED,
-}
-
-
-class _Binance(_Venue):
-    """Binance Spot REST v3 (and what copies it: Binance.US, the simulator)."""
-
-    not_found_codes = frozenset({-2013, -2011})  # order does not exist; cancel: unknown order
-    auth_codes = frozenset({-2014, -2015, -1022})
-    rate_limit_codes = frozenset({-1003, -1015})  # request weight; too many new orders
-    unknown_outcome_codes = frozenset({-1006, -1007})  # "send status unknown; execution status unknown"
-    MY_TRADES_LIMIT = 1000
-
-    def place(self, intent: OrderIntent, market_id: str) -> Any:
-        params: dict[str, Any] = {
-            "symbol": market_id,
-            "side": intent.side.value.upper(),
-            "type": "LIMIT" if intent.type is OrderType.LIMIT else "MARKET",
-            "quantity": decimal_text(intent.quantity),
-            "newClientOrderId": intent.client_order_id,
-            "newOrderRespType": "FULL",
-        }
-        if intent.type is OrderType.LIMIT:
-            if intent.price is None:
-                raise ValueError(f"limit order {intent.client_order_id} has no price")
-            params["price"] = decimal_text(intent.price)
-            params["timeInForce"] = "GTC"
-        return self.client.privatePostOrder(params)
-
-    def placed(self, raw: Any, intent: OrderIntent) -> OrderReport:
-        return self.report(raw, intent.symbol)
-
-    def query(self, market_id: str, client_order_id: str) -> Any:
-        return self.client.privateGetOrder({"symbol": market_id, "origClientOrderId": client_order_id})
-
-    def cancel(self, market_id: str, client_order_id: str) -> Any:
-        return self.client.privateDeleteOrder({"symbol": market_id, "origClientOrderId": client_order_id})
-
-    def open_orders(self, market_id: str | None) -> list[Any]:
-        return list(self.client.privateGetOpenOrders({"symbol": market_id} if market_id else {}))
-
-    def trades(self, market_id: str, since_ms: int, call: Call) -> list[tuple[str, ExecutedFill]]:
-        # The newest page first: usually it reaches back past since_ms and is all there is.
-        # Otherwise walk forward from since_ms: startTime/endTime may span 24 hours at most,
-        # so day by day until the first trade, then on by trade id (fromId), which has no
-        # such limit, until the newest page is reached.
-        limit = self.MY_TRADES_LIMIT
-        newest = list(
-            call("newest", lambda: self.client.privateGetMyTrades({"symbol": market_id, "limit": limit}))
-        )
-        rows = {int(row["id"]): row for row in newest}
-        if len(newest) == limit and min(int(row["time"]) for row in newest) > since_ms:
-            reached = min(rows)
-            start, page = since_ms, list[Any]()
-            while not page and start < rows[reached]["time"]:
-                window = {
-                    "symbol": market_id,
-                    "startTime": start,
-                    "endTime": start + _DAY_MS - 1,
-                    "limit": limit,
-                }
-                page = list(call(f"from {start}", partial(self.client.privateGetMyTrades, window)))
-                start += _DAY_MS
-            while page:
-                rows.update((int(row["id"]), row) for row in page)
-                after = max(int(row["id"]) for row in page) + 1
-                if len(page) < limit or after >= reached:
-                    break
-                request = {"symbol": market_id, "fromId": after, "limit": limit}
-                page = list(call(f"from id {after}", partial(self.client.privateGetMyTrades, request)))
-        return [
-            (str(row["orderId"]), self._fill(row))
-            for _, row in sorted(rows.items())
-            if int(row["time"]) >= since_ms
-        ]
-
-    def balances(self, call: Call) -> list[BalanceLine]:
-        account = call("account", lambda: self.client.privateGetAccount({"omitZeroBalances": "true"}))
-        return [
-            BalanceLine(
-                asset=str(line["asset"]), free=_decimal(line["free"]), locked=_decimal(line["locked"])
-            )
-            for line in account.get("balances", [])
-            if _decimal(line["free"]) or _decimal(line["locked"])
-        ]
-
-    def report(self, raw: Any, symbol: str | None) -> OrderReport:
-        order_type = str(raw.get("type") or "")
-        status = str(raw.get("status") or "")
-        filled = _decimal(raw.get("executedQty", "0"))
-        quote = _decimal(raw.get("cummulativeQuoteQty", "0"))
-        price = _decimal(raw.get("price", "0"))
-        is_limit = order_type.startswith("LIMIT") or order_type.endswith("_LIMIT")
-        time_ms = int(raw.get("updateTime") or raw.get("transactTime") or raw.get("time") or _now_ms())
-        fills = tuple(
-            ExecutedFill(
-                trade_id=str(fill["tradeId"]),
-                price=_decimal(fill["price"]),
-                quantity=_decimal(fill["qty"]),
-                fee=_decimal(fill.get("commission", "0")),
-                fee_asset=str(fill.get("commissionAsset") or ""),
-                time_ms=time_ms,
-                is_maker=False,  # filled as it was placed: it took liquidity
-            )
-            for fill in raw.get("fills") or ()
-        )
-        return OrderReport(
-            # A cancel's answer names the cancel request clientOrderId, and ours origClientOrderId.
-            client_order_id=str(raw.get("origClientOrderId") or raw.get("clientOrderId") or ""),
-            exchange_order_id=str(raw["orderId"]) if raw.get("orderId") is not None else None,
-            symbol=symbol or str(raw.get("symbol") or ""),
-            side=Side(str(raw.get("side", "")).lower()),
-            type=OrderType.LIMIT if is_limit else OrderType.MARKET,
-            status=_BINANCE_STATUS.get(status) or _unified_status(self.client, status),
-            quantity=_decimal(raw.get("origQty", "0")),
-            price=price if is_limit and price else None,
-            filled_quantity=filled,
-            average_price=quote / filled if filled else None,
-            updated_ms=time_ms,
-            fills=fills,
-        )
-
-    def is_duplicate(self, body: str) -> bool:
-        return "Duplicate order" in self.error_text(body)
-
-    def error_code(self, body: str) -> int | None:
-        document = _json(body)
-        code = document.get("code") if isinstance(document, dict) else None
-        return code if isinstance(code, int) else None
-
-    def error_text(self, body: str) -> str:
-        document = _json(body)
-        if isinstance(document, dict) and "msg" in document:
-            return f"{document.get('code')} {document['msg']}"
-        return _short(body)
-
-    @staticmethod
-    def _fill(row: Mapping[str, Any]) -> ExecutedFill:
-        return ExecutedFill(
-            trade_id=str(row["id"]),
-            price=_decimal(row["price"]),
-            quantity=_decimal(row["qty"]),
-            fee=_decimal(row.get("commission", "0")),
-            fee_asset=str(row.get("commissionAsset") or ""),
-            time_ms=int(row["time"]),
-            is_maker=bool(row.get("isMaker", False)),
-        )
-
-
-_COINBASE_STATUS = {
-    "PENDING": OrderStatus.SUBMITTED,
-    "QUEUED": OrderStatus.SUBMITTED,
-    "OPEN": OrderStatus.SUBMITTED,
-    "FILLED": OrderStatus.FILLED,
-    "CANCELLED": OrderStatus.CANCELED,
-    "CANCEL_QUEUED": OrderStatus.CANCELED,
-    "EXPIRED": OrderStatus.EXPIRED,
-    "FAILED": OrderStatus.REJECTED,
-}
-_COINBASE_CONFIGS = (
-    "market_market_ioc", "limit_limit_gtc", "limit_limit_gtd", "limit_limit_fok", "sor_limit_ioc",
-    "stop_limit_stop_limit_gtc", "stop_limit_stop_limit_gtd",
-)  # fmt: skip
-
-
-class _Coinbase(_Venue):
-    """Coinbase Advanced Trade (v3). It has no request for an order by client order id: the
-    exchange order id is remembered from our own answers, and otherwise recent orders of the
-    product are listed and matched. (Coinbase also answers a create with a client order id it
-    already holds with that order instead of a new one.)"""
-
-    not_found_statuses = frozenset({404})  # GET orders/historical/{order_id} of an unknown id
-    PAGE = 250
-    MAX_PAGES = 8  # a lookup by client order id reads at most this many pages of recent orders
-    LOOKBACK_MS = 2 * _DAY_MS
-
-    def __init__(self, client: Any) -> None:
-        super().__init__(client)
-        self._order_ids: dict[str, str] = {}  # client order id → exchange order id
-        self._quotes: dict[str, str] = {}  # product id → quote currency (the fee asset)
-
-    def place(self, intent: OrderIntent, market_id: str) -> Any:
-        size = decimal_text(intent.quantity)
-        if intent.type is OrderType.LIMIT:
-            if intent.price is None:
-                raise ValueError(f"limit order {intent.client_order_id} has no price")
-            configuration: dict[str, Any] = {
-                "limit_limit_gtc": {
-                    "base_size": size,
-                    "limit_price": decimal_text(intent.price),
-                    "post_only": False,
-                }
-            }
-        else:
-            configuration = {"market_market_ioc": {"base_size": size}}
-        return self.client.v3PrivatePostBrokerageOrders(
-            {
-                "client_order_id": intent.client_order_id,
-                "product_id": market_id,
-                "side": intent.side.value.upper(),
-                "order_configuration": configuration,
-            }
-        )
-
-    def placed(self, raw: Any, intent: OrderIntent) -> OrderReport:
-        if not raw.get("success"):
-            failure = raw.get("error_response") or {}
-            reason = (
-                failure.get("new_order_failure_reason") or failure.get("error") or raw.get("failure_reason")
-            )
-            raise _PlaceRefused(f"{reason}: {failure.get('message') or failure.get('error_details') or ''}")
-        answer = raw.get("success_response") or {}
-        order_id = str(answer.get("order_id") or raw.get("order_id") or "")
-        if order_id:
-            self._order_ids[intent.client_order_id] = order_id
-        return OrderReport(
-            client_order_id=intent.client_order_id,
-            exchange_order_id=order_id or None,
-            symbol=intent.symbol,
-            side=intent.side,
-            type=intent.type,
-            status=OrderStatus.SUBMITTED,
-            quantity=intent.quantity,
-            price=intent.price if intent.type is OrderType.LIMIT else None,
-            filled_quantity=Decimal(0),
-            average_price=None,
-            updated_ms=_now_ms(),
-        )
-
-    def query(self, market_id: str, client_order_id: str) -> Any:
-        order_id = self._order_ids.get(client_order_id)
-        if order_id is not None:
-            return self.client.v3PrivateGetBrokerageOrdersHistoricalOrderId({"order_id": order_id})["order"]
-        request: dict[str, Any] = {
-            "product_ids": [market_id],
-            "start_date": _iso(_now_ms() - self.LOOKBACK_MS),
-            "limit": self.PAGE,
-        }
-        for _page in range(self.MAX_PAGES):
-            answer = self.client.v3PrivateGetBrokerageOrdersHistoricalBatch(request)
-            for order in answer.get("orders") or ():
-                if order.get("client_order_id") == client_order_id:
-                    self._order_ids[client_order_id] = str(order["order_id"])
-                    return order
-            if not answer.get("has_next") or not answer.get("cursor"):
-                raise _OrderAbsent(f"no order {client_order_id} among the recent orders of {market_id}")
-            request["cursor"] = answer["cursor"]
-        # Too many orders to read them all: that is no proof of absence.
-        raise BrokerError(
-            f"order {client_order_id} is not among the {self.MAX_PAGES * self.PAGE} newest orders of "
-            f"{market_id}; older ones were not read",
-            reason="lookup_incomplete",
-        )
-
-    def cancel(self, market_id: str, client_order_id: str) -> Any:
-        order = self.query(market_id, client_order_id)
-        answer = self.client.v3PrivatePostBrokerageOrdersBatchCancel({"order_ids": [order["order_id"]]})
-        results = answer.get("results") or [{}]
-        if not results[0].get("success"):
-            raise _OrderAbsent(f"cancel refused: {results[0].get('failure_reason')}")
-        return self.client.v3PrivateGetBrokerageOrdersHistoricalOrderId({"order_id": order["order_id"]})[
-            "order"
-        ]
-
-    def open_orders(self, market_id: str | None) -> list[Any]:
-        request: dict[str, Any] = {"order_status": ["OPEN"], "limit": self.PAGE}
-        if market_id:
-            request["product_ids"] = [market_id]
-        orders: list[Any] = []
-        for _page in range(self.MAX_PAGES):
-            answer = self.client.v3PrivateGetBrokerageOrdersHistoricalBatch(request)
-            orders.extend(answer.get("orders") or ())
-            if not answer.get("has_next") or not answer.get("cursor"):
-                break
-            request["cursor"] = answer["cursor"]
-        return orders
-
-    def trades(self, market_id: str, since_ms: int, call: Call) -> list[tuple[str, ExecutedFill]]:
-        quote = self._quote(market_id)
-        request: dict[str, Any] = {
-            "product_ids": [market_id],
-            "start_sequence_timestamp": _iso(since_ms),
-            "limit": self.PAGE,
-        }
-        found: list[tuple[str, ExecutedFill]] = []
-        while True:
-            answer = call(
-                "page", partial(self.client.v3PrivateGetBrokerageOrdersHistoricalFills, dict(request))
-            )
-            for row in answer.get("fills") or ():
-                price = _decimal(row["price"])
-                size = _decimal(row["size"])
-                fill = ExecutedFill(
-                    trade_id=str(row["trade_id"]),
-                    price=price,
-                    quantity=size / price if row.get("size_in_quote") else size,
-                    fee=_decimal(row.get("commission") or "0"),
-                    fee_asset=quote,
-                    time_ms=_iso_ms(str(row["trade_time"])),
-                    is_maker=row.get("liquidity_indicator") == "MAKER",
-                )
-                if fill.time_ms >= since_ms:
-                    found.append((str(row["order_id"]), fill))
-            if not answer.get("cursor"):
-                return found
-            request["cursor"] = answer["cursor"]
-
-    def balances(self, call: Call) -> list[BalanceLine]:
-        request: dict[str, Any] = {"limit": self.PAGE}
-        lines: list[BalanceLine] = []
-        while True:
-            answer = call("page", partial(self.client.v3PrivateGetBrokerageAccounts, dict(request)))
-            for account in answer.get("accounts") or ():
-                free = _decimal((account.get("available_balance") or {}).get("value") or "0")
-                locked = _decimal((account.get("hold") or {}).get("value") or "0")
-                if free or locked:
-                    lines.append(BalanceLine(asset=str(account["currency"]), free=free, locked=locked))
-            if not answer.get("has_next") or not answer.get("cursor"):
-                return lines
-            request["cursor"] = answer["cursor"]
-
-    def report(self, raw: Any, symbol: str | None) -> OrderReport:
-        configuration = raw.get("order_configuration") or {}
-        settings: Mapping[str, Any] = next(
-            (configuration[name] for name in _COINBASE_CONFIGS if configuration.get(name)), {}
-        )
-        filled = _decimal(raw.get("filled_size") or "0")
-        status = str(raw.get("status") or "")
-        mapped = _COINBASE_STATUS.get(status) or _unified_status(self.client, status)
-        if mapped is OrderStatus.SUBMITTED and filled:
-            mapped = OrderStatus.PARTIALLY_FILLED
-        order_type = str(raw.get("order_type") or "")
-        limit_price = settings.get("limit_price")
-        base_size = settings.get("base_size")
-        average = _decimal(raw.get("average_filled_price") or "0")
-        when = raw.get("last_fill_time") or raw.get("created_time")
-        client_order_id = str(raw.get("client_order_id") or "")
-        if client_order_id and raw.get("order_id"):
-            self._order_ids[client_order_id] = str(raw["order_id"])
-        return OrderReport(
-            client_order_id=client_order_id,
-            exchange_order_id=str(raw["order_id"]) if raw.get("order_id") else None,
-            symbol=symbol or str(raw.get("product_id") or "").replace("-", ""),
-            side=Side(str(raw.get("side", "")).lower()),
-            type=OrderType.MARKET if order_type == "MARKET" else OrderType.LIMIT,
-            status=mapped,
-            quantity=_decimal(base_size) if base_size else filled,
-            price=_decimal(limit_price) if limit_price else None,
-            filled_quantity=filled,
-            average_price=average if filled and average else None,
-            updated_ms=_iso_ms(str(when)) if when else _now_ms(),
-            reject_reason=str(raw.get("reject_message") or raw.get("reject_reason") or "")
-            if mapped is OrderStatus.REJECTED
-            else "",
-        )
-
-    def error_text(self, body: str) -> str:
-        document = _json(body)
-        if isinstance(document, dict) and ("message" in document or "error" in document):
-            return f"{document.get('error', '')} {document.get('message', '')}".strip()
-        return _short(body)
-
-    def _quote(self, market_id: str) -> str:
-        if market_id not in self._quotes:
-            market = self.client.markets_by_id.get(market_id) if self.client.markets_by_id else None
-            entry = market[0] if isinstance(market, list) and market else market or {}
-            self._quotes[market_id] = str(entry.get("quote") or market_id.rsplit("-", 1)[-1])
-        return self._quotes[market_id]
-
-
 # Conversions -------------------------------------------------------------------------------
-
-
-def decimal_text(value: Decimal) -> str:
-    """A positive decimal as the exchange wants it: plain notation, no exponent, no float."""
-    if not value.is_finite() or value <= 0:
-        raise ValueError(f"{value} is not a positive amount")
-    return format(value, "f")
-
-
-def _decimal(value: Any) -> Decimal:
-    """An exact decimal from the exchange's string; a number only when the exchange sent one (its
-    repr, never its binary expansion)."""
-    try:
-        return Decimal(value if isinstance(value, str) else str(value))
-    except InvalidOperation:
-        raise BrokerError(
-            f"the exchange sent {value!r} where a number was expected", reason="bad_answer"
-        ) from None
-
-
-def _unified_status(client: Any, status: str) -> OrderStatus:
-    unified = client.parse_order_status(status) if hasattr(client, "parse_order_status") else None
-    return _UNIFIED_STATUS.get(str(unified), OrderStatus.SUBMITTED)
 
 
 def _market_ids(markets: Mapping[str, Any]) -> dict[str, str]:
@@ -976,34 +494,3 @@ def _header_float(headers: Mapping[str, str], name: str) -> float | None:
         return max(0.0, float(value)) if value is not None else None
     except ValueError:
         return None
-
-
-def _json(body: str) -> Any:
-    try:
-        return orjson.loads(body) if body else None
-    except orjson.JSONDecodeError:
-        return None
-
-
-def _short(body: str, limit: int = 300) -> str:
-    text = " ".join(body.split())
-    return text if len(text) <= limit else text[:limit] + "…"
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-def _iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
-
-
-_ISO_FRACTION = re.compile(r"\.(\d+)")
-
-
-def _iso_ms(text: str) -> int:
-    """Coinbase's RFC 3339 times, with up to nanoseconds, → ms."""
-    text = _ISO_FRACTION.sub(
-        lambda match: "." + match.group(1)[:6].ljust(6, "0"), text.replace("Z", "+00:00")
-    )
-    return int(datetime.fromisoformat(text).timestamp() * 1000)

@@ -3,9 +3,9 @@ candles, in a paper account kept in the database. Nothing leaves the process.
 
 Its "exchange" is the order rows themselves. An order is matched against the closed 1m candles
 that open at or after the minute it was placed in (see trading.core.fills: a signal on candle t
-fills at t+1 or later). When such a candle is already stored (a replay), the order fills as it
-is submitted; otherwise it waits, and `resting_fills`, which the execution loop calls every
-cycle, fills it when the candle arrives. A market order that finds no candle within
+fills at t+1 or later), once they are over by the broker's clock; until then it waits, and
+`resting_fills`, which the execution loop calls every cycle, fills it. A replay over stored
+candles therefore sees each fill exactly when live dry-run did. A market order that finds no candle within
 `MARKET_WAIT` expires (no market data to fill at)."""
 
 from __future__ import annotations
@@ -88,12 +88,19 @@ class DryRunBroker:
         return found
 
     def _match(self, intent: OrderIntent, symbol: Symbol, *, placed_ms: int) -> ExecutedFill | None:
-        """The fill on the first stored closed 1m candle, opening at or after the minute the
-        order was placed in, that fills it (market: the first one)."""
+        """The fill on the first stored 1m candle, opening at or after the minute the order was
+        placed in and closed by now (the broker's clock), that fills it (market: the first
+        one). "Closed by now" makes a replay over stored candles see a fill when live trading
+        would have: once its candle is over, not the moment the order is placed."""
         first_open = utc_from_ms(placed_ms - placed_ms % Timeframe.M1.ms)
+        closed_by = utc_from_ms(self._clock() - Timeframe.M1.ms)
         candles = (
             Candle.objects.filter(
-                symbol_id=symbol.pk, timeframe=Timeframe.M1.value, is_closed=True, open_time__gte=first_open
+                symbol_id=symbol.pk,
+                timeframe=Timeframe.M1.value,
+                is_closed=True,
+                open_time__gte=first_open,
+                open_time__lte=closed_by,
             )
             .order_by("open_time")
             .values_list("open_time", "open", "high", "low")

@@ -101,6 +101,15 @@ class Desk:
             computed_at=timezone.now(),
         )
 
+    def at(self, minute: int) -> None:
+        """The clock one second after minute `minute` began (the candle before it just closed)."""
+        self.clock[0] = (T0 + timedelta(minutes=minute, seconds=1)).timestamp()
+
+    def settle(self) -> None:
+        """A minute passes (the candle orders fill on closes) and the loop runs."""
+        self.clock[0] += 60
+        self.run()
+
     def run(self) -> None:
         # Metrics and broadcasts go out after commit; a test's transaction never commits.
         with TestCase.captureOnCommitCallbacks(execute=True):
@@ -157,12 +166,15 @@ def assert_refused(reason: str, before: float) -> Order:
 def test_enter_then_exit_fills_and_closes_the_position(desk: Desk) -> None:
     desk.signal("enter", minute=0)
     desk.run()
+    assert only_order().status == OrderStatus.SUBMITTED  # fills on the next candle, once it is over
+    desk.settle()
     buy = only_order()
     assert (buy.side, buy.status) == ("buy", OrderStatus.FILLED)
     assert buy.quantity == Decimal("0.00200")  # 100 USDT at 50,000, on the 0.00001 step
     desk.candle(5, close="51000.00")
     desk.signal("exit", minute=5)
     desk.run()
+    desk.settle()
     sell = Order.objects.exclude(pk=buy.pk).get()
     assert (sell.side, sell.status, sell.quantity) == ("sell", OrderStatus.FILLED, buy.quantity)
     position = Position.objects.get(mode="dry_run", symbol=desk.btc)
@@ -280,6 +292,7 @@ def test_the_kill_switch_halts_entries_and_reducing_lets_only_exits_through(desk
     assert Order.objects.get(symbol=other).reject_reason == "kill_switch_reducing"
     desk.signal("exit", minute=2)
     desk.run()
+    desk.settle()
     assert Order.objects.get(symbol=desk.btc, side="sell").status == OrderStatus.FILLED
     killswitch_engage(state=KillSwitchState.HALTED, reason="test", actor="system:test")
     desk.signal("enter", minute=3)
@@ -320,15 +333,17 @@ def test_a_stop_loss_sells_the_position_once() -> None:
     desk = make_desk({**SPEC, "stop_loss_pct": "2", "take_profit_pct": "5"})
     desk.signal("enter", minute=0)
     desk.run()
-    desk.candle(1, close="49100.00")  # -1.8 %: holds
-    desk.clock[0] = (T0 + timedelta(minutes=2, seconds=1)).timestamp()
+    desk.settle()  # bought at 50,000 slipped: 50,025 on average
+    desk.candle(2, close="49100.00")  # -1.85 %: holds
+    desk.at(3)
     desk.run()
     assert Order.objects.count() == 1
-    desk.candle(2, close="48900.00")  # -2.2 %: out
-    desk.clock[0] = (T0 + timedelta(minutes=3, seconds=1)).timestamp()
+    desk.candle(3, close="48900.00")  # -2.25 %: out
+    desk.at(4)
     desk.run()
     assert Order.objects.get(side="sell").status == OrderStatus.SUBMITTED  # waits for the next open
-    desk.candle(3, close="48800.00")
+    desk.candle(4, close="48800.00")
+    desk.at(5)
     desk.run()
     desk.run()
     sell = Order.objects.get(side="sell")
@@ -343,15 +358,16 @@ def test_a_take_profit_sells_and_nothing_protective_goes_out_while_halted() -> N
     desk = make_desk({**SPEC, "take_profit_pct": "3"})
     desk.signal("enter", minute=0)
     desk.run()
+    desk.settle()  # bought at 50,025 on average
     killswitch_engage(state=KillSwitchState.HALTED, reason="test", actor="system:test")
-    desk.candle(1, close="51600.00")  # +3.2 %
-    desk.clock[0] = (T0 + timedelta(minutes=2, seconds=1)).timestamp()
+    desk.candle(2, close="51600.00")  # +3.15 %
+    desk.at(3)
     desk.run()
     assert Order.objects.count() == 1
     killswitch_engage(state=KillSwitchState.REDUCING, reason="test", actor="system:test")
     desk.run()
-    desk.candle(2, close="51600.00")
-    desk.run()
+    desk.candle(3, close="51600.00")
+    desk.settle()
     sell = Order.objects.get(side="sell")
     assert sell.status == OrderStatus.FILLED
     assert sell.average_price is not None
@@ -375,6 +391,7 @@ def test_the_exchanges_order_limit_makes_signals_wait_not_fail() -> None:
     desk.clock[0] += 11
     desk.run()
     assert Order.objects.count() == 6
+    desk.settle()
     assert set(Order.objects.values_list("status", flat=True)) == {OrderStatus.FILLED}
 
 
@@ -385,7 +402,7 @@ def test_a_market_order_fills_at_the_next_open_or_expires_without_one(desk: Desk
     buy = only_order()
     assert buy.status == OrderStatus.SUBMITTED
     desk.candle(1, close="50100.00")
-    desk.run()
+    desk.settle()
     buy.refresh_from_db()
     assert buy.status == OrderStatus.FILLED
     assert buy.average_price == FillModel().slipped_price(Side.BUY, Decimal("50100.00"), desk.btc.tick_size)

@@ -159,9 +159,10 @@ class ExecutionLoop:
         if isinstance(self.broker, DryRunBroker):
             report.resting_filled = self._fill_resting()
         try:
-            for signal in selectors.undecided_signals(
+            batch = selectors.undecided_signals(
                 since=self._now() - self.config.signal_lookback, limit=self.config.batch
-            ):
+            )
+            for signal in sorted(batch, key=_canonical):
                 self._decide_safely(signal, report)
         except Deferred as wait:
             # The exchange's own limit is near: the rest waits for the next cycles, in order
@@ -291,12 +292,13 @@ class ExecutionLoop:
             wanted = decisions.exit_order(position.quantity)
         else:
             context = self._context(symbol, reference)
-            snapshot = selectors.latest_equity(mode) if spec.sizing.equity_pct is not None else None
             wanted = decisions.entry_order(
                 reference=reference,
                 sizing_quote=spec.sizing.quote_amount,
                 sizing_equity_pct=spec.sizing.equity_pct,
-                equity=snapshot.equity if snapshot else context.free_quote,
+                # Equity now: the free quote and every position at its mark (this one at the
+                # signal's close), as the backtester values it.
+                equity=context.free_quote + context.total_exposure,
                 limits=limits_of(spec),
                 position_value=context.position_value,
                 total_exposure=context.total_exposure,
@@ -340,9 +342,9 @@ class ExecutionLoop:
                 mode=mode, symbol_id__in=symbols, side=Side.SELL, status__in=selectors.OPEN_STATUSES
             ).values_list("symbol_id", flat=True)
         )
-        prices = selectors.last_prices(symbols)
+        prices = selectors.last_prices(symbols, as_of=self._now())
         placed = []
-        for symbol_id, symbol in symbols.items():
+        for symbol_id, symbol in sorted(symbols.items(), key=lambda item: item[1].symbol):
             position, last = held[symbol_id], prices.get(symbol_id)
             if symbol_id in selling or last is None or position.average_price <= 0:
                 continue
@@ -392,7 +394,7 @@ class ExecutionLoop:
     def _context(self, symbol: Symbol, reference: Decimal) -> risk.RiskContext:
         mode = self.config.mode
         held = selectors.positions(mode, held_only=True)
-        prices = selectors.last_prices(held)
+        prices = selectors.last_prices(held, as_of=self._now())
         position = held.get(symbol.pk)
         exposure = Decimal(0)
         for symbol_id, row in held.items():
@@ -525,6 +527,18 @@ class ExecutionLoop:
         midnight = self._now().replace(hour=0, minute=0, second=0, microsecond=0)
         rejected, total = selectors.rejection_ratio(self.config.mode, since=midnight)
         metrics.REJECTION_RATIO.labels(mode=self.config.mode).set(rejected / total if total else 0.0)
+
+
+def _canonical(signal: Signal) -> tuple[datetime, str, int, int]:
+    """The order signals of one cycle are decided in (the backtester's too): close time, symbol,
+    timeframe, rule version."""
+    timeframe = Timeframe(signal.timeframe)
+    return (
+        signal.open_time + timedelta(milliseconds=timeframe.ms),
+        signal.symbol.symbol,
+        timeframe.ms,
+        signal.rule_version_id,
+    )
 
 
 def _active_symbols() -> set[str]:

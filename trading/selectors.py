@@ -63,15 +63,17 @@ class LastPrice:
     close_ms: int  # when the candle it comes from closed
 
 
-def last_prices(symbol_ids: Iterable[int]) -> dict[int, LastPrice]:
-    """The close of each symbol's newest closed 1m candle: one query, one index lookup per
-    symbol (the symbols drive it; their candles are never scanned)."""
+def last_prices(symbol_ids: Iterable[int], *, as_of: datetime | None = None) -> dict[int, LastPrice]:
+    """The close of each symbol's newest closed 1m candle (that is over at `as_of`, when given:
+    a replay on stored candles must not see later ones): one query, one index lookup per symbol
+    (the symbols drive it; their candles are never scanned)."""
     ids = list(symbol_ids)
     if not ids:
         return {}
-    newest = Candle.objects.filter(
-        symbol_id=OuterRef("pk"), timeframe=Timeframe.M1.value, is_closed=True
-    ).order_by("-open_time")[:1]
+    newest = Candle.objects.filter(symbol_id=OuterRef("pk"), timeframe=Timeframe.M1.value, is_closed=True)
+    if as_of is not None:
+        newest = newest.filter(open_time__lte=as_of - timedelta(minutes=1))
+    newest = newest.order_by("-open_time")[:1]
     rows = (
         Symbol.objects.filter(pk__in=ids)
         .annotate(

@@ -454,7 +454,7 @@ def equity_snapshot_take(*, mode: str, quote_asset: str, now: datetime | None = 
         # Realized PnL and fees of positions now flat count too (one aggregate over them).
         flat_realized, flat_fees = _flat_totals(mode)
         marked: list[Position] = []
-        prices = last_prices(p.symbol_id for p in held)
+        prices = last_prices((p.symbol_id for p in held), as_of=now)
         positions_value, unrealized = _ZERO, _ZERO
         realized, fees = flat_realized, flat_fees
         for position in held:

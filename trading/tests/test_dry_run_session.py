@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 import pytest
 from django.core.cache import cache
@@ -16,6 +17,7 @@ from waffle.models import Flag
 from audit.models import AuditEvent
 from audit.selectors import audit_chain_verify
 from marketdata.backfill import backfill_range
+from marketdata.core.timeframes import Timeframe, ms_from_datetime
 from marketdata.ingest.derived import closed_candle_event
 from marketdata.models import Candle, Symbol
 from marketdata.selectors import candle_as_kline
@@ -25,14 +27,17 @@ from marketdata.simulator.server import SimExchangeThread
 from marketdata.tests.ingest_harness import sim_in_use
 from marketdata.tests.shared_data import REAL_CANDLES_CSV
 from rules import evaluation
+from rules.engine.spec import parse_spec
 from rules.models import Signal
 from rules.services import rule_config_create, rule_version_activate
 from trading.brokers.dry_run import DryRunBroker
+from trading.core import backtest
 from trading.core.fills import FillModel
 from trading.core.types import OrderStatus, Side
-from trading.execution import ExecutionConfig, ExecutionLoop
+from trading.execution import ExecutionConfig, ExecutionLoop, limits_of
 from trading.models import Balance, EquitySnapshot, Fill, Order, Position, SignalDecision
 from trading.runner import paper_account_open
+from trading.selectors import symbol_filters
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("celery_inline")]
 
@@ -75,13 +80,15 @@ def sim(running_sim, settings):
         yield running_sim
 
 
-def test_a_dry_run_session_adds_up(sim):
+def replay_session(spec: dict[str, Any] = SPEC) -> datetime:
+    """Backfill from the simulator, then replay REPLAY_MINUTES minutes through evaluation and the
+    execution loop on the candles' clock. Returns the last replayed candle's open time."""
     first = datetime.fromtimestamp((START - HISTORY_MINUTES * MINUTE) / 1000, tz=UTC)
     last = datetime.fromtimestamp((START - MINUTE) / 1000, tz=UTC)
     for name in SYMBOLS:
         backfill_range(exchange="sim", symbol=name, timeframe="1m", since=first, until=last)
     config = rule_config_create(
-        name="ema", description="", symbols=list(SYMBOLS), spec=SPEC, author="system:test"
+        name="ema", description="", symbols=list(SYMBOLS), spec=spec, author="system:test"
     )
     rule_version_activate(version=config.versions.get(), actor="system:test")
     flag = Flag.objects.get(name=config.flag_name)
@@ -121,6 +128,13 @@ def test_a_dry_run_session_adds_up(sim):
         evaluation.on_candles_closed(events)
         clock[0] = (open_time + timedelta(minutes=1, seconds=1)).timestamp()
         loop.cycle()
+    return last
+
+
+def test_a_dry_run_session_adds_up(sim):
+    model = FillModel()
+    last = replay_session()
+    symbols = {s.symbol: s for s in Symbol.objects.filter(exchange="sim", symbol__in=SYMBOLS)}
 
     # Every signal was decided once; orders were placed both ways.
     signals = Signal.objects.count()
@@ -208,3 +222,115 @@ def test_a_dry_run_session_adds_up(sim):
     )
     assert {str(o.pk) for o in orders} <= audited
     assert audit_chain_verify().intact
+
+
+def engine_inputs(
+    spec: dict[str, Any],
+) -> tuple[list[backtest.SignalEvent], dict[str, backtest.MarketSymbol], backtest.BacktestSettings]:
+    """What the backtest engine gets for the same session: the stored candles and signals."""
+    rows = Symbol.objects.filter(exchange="sim", symbol__in=SYMBOLS)
+    markets = {
+        s.symbol: backtest.MarketSymbol(
+            symbol=s.symbol,
+            base=s.base,
+            quote=s.quote,
+            filters=symbol_filters(s),
+            minutes=[
+                backtest.Minute(ms_from_datetime(t), o, h, low, c)
+                for t, o, h, low, c in Candle.objects.filter(symbol=s, timeframe="1m")
+                .order_by("open_time")
+                .values_list("open_time", "open", "high", "low", "close")
+            ],
+        )
+        for s in rows
+    }
+    events = [
+        backtest.SignalEvent(
+            close_ms=ms_from_datetime(signal.open_time) + Timeframe(signal.timeframe).ms,
+            symbol=signal.symbol.symbol,
+            timeframe=signal.timeframe,
+            timeframe_ms=Timeframe(signal.timeframe).ms,
+            action=signal.action,
+            reference=Candle.objects.get(
+                symbol=signal.symbol, timeframe=signal.timeframe, open_time=signal.open_time
+            ).close,
+            rule_version=signal.rule_version_id,
+        )
+        for signal in Signal.objects.select_related("symbol")
+    ]
+    parsed = parse_spec(spec)
+    settings = backtest.BacktestSettings(
+        exchange="sim",
+        limits=limits_of(parsed),
+        sizing_quote=parsed.sizing.quote_amount,
+        sizing_equity_pct=parsed.sizing.equity_pct,
+        fill_model=FillModel(),
+        opening_balance=OPENING_BALANCE,
+        stop_loss_pct=parsed.stop_loss_pct,
+        take_profit_pct=parsed.take_profit_pct,
+    )
+    return events, markets, settings
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        SPEC,
+        # Sized on equity, with protective exits and a cooldown: every shared decision at work.
+        {
+            **SPEC,
+            "sizing": {"equity_pct": "3"},
+            "stop_loss_pct": "0.3",
+            "take_profit_pct": "0.4",
+            "cooldowns": {"after_loss_s": 300},
+        },
+    ],
+    ids=["quote-sized", "equity-sized-with-stops"],
+)
+def test_the_backtest_engine_decides_and_fills_as_the_execution_loop_did(sim, spec):
+    replay_session(spec)
+    events, markets, settings = engine_inputs(spec)
+    result = backtest.run(events, symbols=markets, settings=settings)
+
+    def loop_orders() -> list[tuple[object, ...]]:
+        rows = Order.objects.select_related("symbol").order_by("client_order_id")
+        return [
+            (o.client_order_id, o.symbol.symbol, o.side, o.quantity, o.status, o.reject_reason) for o in rows
+        ]
+
+    def engine_orders() -> list[tuple[object, ...]]:
+        rows = sorted(result.orders, key=lambda o: o.client_order_id)
+        return [
+            (o.client_order_id, o.symbol, o.side.value, o.quantity, o.status.value, o.reject_reason)
+            for o in rows
+        ]
+
+    assert len(loop_orders()) >= 10
+    assert engine_orders() == loop_orders()
+    loop_fills = sorted(
+        (f.order.client_order_id, f.price, f.quantity, f.fee, ms_from_datetime(f.executed_at))
+        for f in Fill.objects.select_related("order")
+    )
+    engine_fills = sorted(
+        (o.client_order_id, o.fill.price, o.fill.quantity, o.fill.fee, o.fill.time_ms)
+        for o in result.orders
+        if o.fill is not None
+    )
+    assert engine_fills == loop_fills
+    skips = sorted(
+        (d.signal.symbol, d.signal.close_ms, d.reason) for d in result.decisions if d.outcome == "skipped"
+    )
+    loop_skips = sorted(
+        (d.signal.symbol.symbol, ms_from_datetime(d.signal.open_time) + MINUTE, d.reason)
+        for d in SignalDecision.objects.filter(outcome="skipped").select_related("signal__symbol")
+    )
+    assert skips == loop_skips
+    for position in Position.objects.filter(mode="dry_run").select_related("symbol"):
+        state = result.positions[position.symbol.symbol]
+        assert (state.quantity, state.realized_pnl, state.fees) == (
+            position.quantity,
+            position.realized_pnl,
+            position.fees,
+        )
+    for balance in Balance.objects.filter(mode="dry_run"):
+        assert result.balances.get(balance.asset, Decimal(0)) == balance.free, balance.asset

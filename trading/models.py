@@ -233,3 +233,39 @@ class SignalDecision(models.Model):
 
     def __str__(self) -> str:
         return f"signal {self.signal_id}: {self.outcome}"
+
+
+class BacktestRun(models.Model):
+    """One backtest: what was asked (rule version and its checksum, symbols, timeframes, range,
+    fee and slippage), what data it used (candles, imputed candles), and what came out. A run
+    that failed says why and holds no results."""
+
+    class Status(models.TextChoices):
+        RUNNING = "running"
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"
+
+    id = models.BigAutoField(primary_key=True)
+    rule_version = models.ForeignKey(RuleConfigVersion, on_delete=models.PROTECT, related_name="backtests")
+    rule_checksum = models.CharField(max_length=64)
+    parameters = models.JSONField(help_text="Symbols, timeframes, range, fee, slippage, opening balance.")
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.RUNNING)
+    error = models.TextField(blank=True)
+    candles = models.PositiveIntegerField(default=0, help_text="1m candles replayed.")
+    imputed_candles = models.PositiveIntegerField(default=0)
+    results = models.JSONField(default=dict, blank=True)
+    created_by = models.CharField(max_length=150)
+    created_at = models.DateTimeField()
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["-created_at"], name="trading_backtest_recent")]
+        constraints = [
+            models.CheckConstraint(
+                condition=~models.Q(status="failed") | ~models.Q(error=""),
+                name="trading_backtest_failure_says_why",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"backtest {self.pk} of {self.rule_version} ({self.status})"

@@ -1,0 +1,174 @@
+"""Backtest runs over stored candles: a run is stored with what it was asked and what it used;
+bad input is refused with a message naming what is wrong, and nothing is stored as successful."""
+
+from __future__ import annotations
+
+import csv
+import json
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from io import StringIO
+from typing import Any
+
+import pytest
+from django.core.management import CommandError, call_command
+
+from marketdata.core.klines import Kline
+from marketdata.core.timeframes import Timeframe
+from marketdata.models import Candle, Symbol
+from marketdata.services import CandleWrite, candles_upsert_closed
+from marketdata.tests.factories import SymbolFactory
+from marketdata.tests.shared_data import REAL_CANDLES_CSV
+from rules.services import rule_config_create, rule_version_activate
+from trading.backtests import BacktestInputError, BacktestRequest, backtest_run
+from trading.models import BacktestRun
+
+pytestmark = pytest.mark.django_db
+
+ROWS = 1500
+SPEC: dict[str, Any] = {
+    "timeframes": ["1m"],
+    "indicators": {"fast": {"kind": "ema", "period": 9}, "slow": {"kind": "ema", "period": 21}},
+    "entry": "fast crosses_above slow",
+    "exit": "fast crosses_below slow",
+    "sizing": {"quote_amount": "250"},
+    "limits": {"max_position_per_symbol": "1000", "max_position_total": "5000"},
+}
+FILTERS = [
+    {"filterType": "PRICE_FILTER", "minPrice": "0.01", "maxPrice": "1000000.00", "tickSize": "0.01"},
+    {"filterType": "LOT_SIZE", "minQty": "0.00001", "maxQty": "9000", "stepSize": "0.00001"},
+    {"filterType": "NOTIONAL", "minNotional": "5.00", "maxNotional": "9000000.00"},
+]
+
+
+@pytest.fixture
+def history() -> tuple[Symbol, datetime, datetime]:
+    if not REAL_CANDLES_CSV.exists():
+        pytest.skip(f"the real candles are not here: {REAL_CANDLES_CSV}")
+    symbol = SymbolFactory.create(symbol="BTCUSDT", base="BTC", filters=FILTERS)
+    with REAL_CANDLES_CSV.open() as handle:
+        rows = list(csv.DictReader(handle))[:ROWS]
+    klines = [
+        Kline(
+            symbol="BTCUSDT",
+            timeframe=Timeframe.M1,
+            open_time_ms=int(
+                datetime.fromisoformat(row["open_time"].replace("Z", "+00:00")).timestamp() * 1000
+            ),
+            open=Decimal(row["open"]),
+            high=Decimal(row["high"]),
+            low=Decimal(row["low"]),
+            close=Decimal(row["close"]),
+            volume=Decimal(row["volume"]),
+            quote_volume=Decimal(0),
+            trades=0,
+            closed=True,
+        )
+        for row in rows
+    ]
+    candles_upsert_closed(writes=[CandleWrite(symbol.pk, k, "rest") for k in klines])
+    config = rule_config_create(
+        name="ema", description="", symbols=["BTCUSDT"], spec=SPEC, author="system:test"
+    )
+    rule_version_activate(version=config.versions.get(), actor="system:test")
+    first = datetime.fromtimestamp(klines[0].open_time_ms / 1000, tz=UTC)
+    return symbol, first, first + timedelta(minutes=ROWS)
+
+
+def request(first: datetime, end: datetime, **changes: Any) -> BacktestRequest:
+    fields: dict[str, Any] = {
+        "rule": "ema",
+        "since": first + timedelta(minutes=100),
+        "until": end,
+        "exchange": "sim",
+    }
+    return BacktestRequest(**{**fields, **changes})
+
+
+def test_a_run_is_stored_with_its_inputs_and_results(history: tuple[Symbol, datetime, datetime]) -> None:
+    _, first, end = history
+    run, result = backtest_run(request=request(first, end), actor="system:test")
+    assert run.status == BacktestRun.Status.SUCCEEDED
+    assert result is not None
+    assert run.candles == ROWS - 100
+    assert run.imputed_candles == 0
+    assert run.rule_checksum == run.rule_version.checksum
+    assert run.parameters["symbols"] == ["BTCUSDT"]
+    assert run.parameters["fee_bps"] == "10"
+    assert run.results["orders"] == len(result.orders) >= 10
+    assert run.results["filled"] >= 10
+    assert Decimal(run.results["fees"]) > 0
+    for order in result.orders:
+        assert order.fill is None or order.signal is None or order.fill.time_ms >= order.signal.close_ms
+
+
+def test_the_command_prints_the_run_as_json(history: tuple[Symbol, datetime, datetime]) -> None:
+    _, first, end = history
+    out = StringIO()
+    call_command(
+        "backtest",
+        "--rule=ema",
+        "--exchange=sim",
+        f"--since={(first + timedelta(minutes=100)).isoformat()}",
+        f"--until={end.isoformat()}",
+        "--fee=0",
+        "--slippage=0",
+        "--json",
+        stdout=out,
+    )
+    document = json.loads(out.getvalue())
+    assert document["status"] == "succeeded"
+    assert document["parameters"]["fee_bps"] == "0"
+    assert Decimal(document["results"]["fees"]) == 0
+    assert BacktestRun.objects.get(pk=document["id"]).status == "succeeded"
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"rule": "nope"}, "no rule named 'nope' (rules: ema)"),
+        ({"version": 7}, "rule 'ema' has no version 7 (latest: 1)"),
+        ({"symbols": ["ETHUSDT"]}, "unknown symbol(s) on sim: ETHUSDT"),
+        ({"timeframes": ["5m"]}, "timeframe(s) 5m are not in the rule's spec (1m)"),
+        ({"fee_bps": Decimal(5000)}, "--fee must be a Decimal between 0 and 1000 bps"),
+    ],
+)
+def test_bad_requests_are_refused_by_name(
+    history: tuple[Symbol, datetime, datetime], changes: dict[str, Any], message: str
+) -> None:
+    _, first, end = history
+    with pytest.raises(BacktestInputError) as refused:
+        backtest_run(request=request(first, end, **changes), actor="system:test")
+    assert message in str(refused.value)
+    assert not BacktestRun.objects.exists()
+
+
+def test_a_range_without_candles_or_backwards_is_refused(history: tuple[Symbol, datetime, datetime]) -> None:
+    _, first, end = history
+    with pytest.raises(BacktestInputError, match="no 1m candles of BTCUSDT on sim between"):
+        backtest_run(request=request(end, end + timedelta(days=1), since=end), actor="system:test")
+    with pytest.raises(BacktestInputError, match="is not before --until"):
+        backtest_run(request=request(first, first, since=first), actor="system:test")
+    assert not BacktestRun.objects.exists()
+
+
+def test_too_many_imputed_candles_are_refused(history: tuple[Symbol, datetime, datetime]) -> None:
+    symbol, first, end = history
+    since = first + timedelta(minutes=100)
+    imputed = Candle.objects.filter(symbol=symbol, timeframe="1m", open_time__gte=since).order_by(
+        "open_time"
+    )[:20]
+    Candle.objects.filter(pk__in=[c.pk for c in imputed]).update(is_imputed=True, imputed_inputs=1)
+    with pytest.raises(
+        BacktestInputError, match=r"20 of 1400 1m candles in the range are imputed \(1.43 %\)"
+    ):
+        backtest_run(request=request(first, end), actor="system:test")
+    run, _ = backtest_run(request=request(first, end, max_imputed_pct=Decimal(2)), actor="system:test")
+    assert run.imputed_candles == 20
+
+
+def test_the_command_refuses_bad_options(history: tuple[Symbol, datetime, datetime]) -> None:
+    with pytest.raises(CommandError, match="'yesterday' is not an ISO time"):
+        call_command("backtest", "--rule=ema", "--since=yesterday", "--until=2024-01-01T00:00Z")
+    with pytest.raises(CommandError, match="no rule named 'x'"):
+        call_command("backtest", "--rule=x", "--since=2024-01-01T00:00Z", "--until=2024-01-02T00:00Z")

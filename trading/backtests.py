@@ -26,7 +26,7 @@ from rules.engine.base import CandleSeries
 from rules.engine.evaluator import RuleProgram, offline_signals
 from rules.engine.spec import RuleSpec, SpecError, parse_spec
 from rules.models import RuleConfig, RuleConfigVersion
-from trading.core import backtest
+from trading.core import backtest, performance
 from trading.core.fills import FillModel
 from trading.execution import limits_of
 from trading.models import BacktestRun
@@ -85,14 +85,21 @@ def backtest_run(
         created_at=timezone.now(),
     )
     try:
-        result = _replay(request, plan, progress)
+        result, markets = _replay(request, plan, progress)
     except Exception as error:
         run.status = BacktestRun.Status.FAILED
         run.error = f"{type(error).__name__}: {error}"
         run.finished_at = timezone.now()
         run.save(update_fields=["status", "error", "finished_at"])
         raise
-    run.results = summary(result, opening_balance=request.opening_balance)
+    run.results = summary(
+        result,
+        markets=markets,
+        opening_balance=request.opening_balance,
+        quote_asset=plan.symbols[0].quote,
+        start_ms=ms_from_datetime(request.since),
+        end_ms=ms_from_datetime(request.until),
+    )
     run.status = BacktestRun.Status.SUCCEEDED
     run.finished_at = timezone.now()
     run.save(update_fields=["results", "status", "finished_at"])
@@ -196,7 +203,9 @@ def _parameters(request: BacktestRequest, plan: _Plan) -> dict[str, Any]:
     }
 
 
-def _replay(request: BacktestRequest, plan: _Plan, progress: Progress | None) -> backtest.BacktestResult:
+def _replay(
+    request: BacktestRequest, plan: _Plan, progress: Progress | None
+) -> tuple[backtest.BacktestResult, dict[str, backtest.MarketSymbol]]:
     since_ms, until_ms = ms_from_datetime(request.since), ms_from_datetime(request.until)
     markets: dict[str, backtest.MarketSymbol] = {}
     events: list[backtest.SignalEvent] = []
@@ -243,7 +252,7 @@ def _replay(request: BacktestRequest, plan: _Plan, progress: Progress | None) ->
     result = backtest.run(events, symbols=markets, settings=settings)
     if progress:
         progress("replay", steps, steps)
-    return result
+    return result, markets
 
 
 def _signals(
@@ -294,19 +303,51 @@ def _signals(
     return events
 
 
-def summary(result: backtest.BacktestResult, *, opening_balance: Decimal) -> dict[str, Any]:
-    """The run's figures as stored (JSON-ready)."""
-    filled = [o for o in result.orders if o.fill is not None]
+def summary(
+    result: backtest.BacktestResult,
+    *,
+    markets: dict[str, backtest.MarketSymbol],
+    opening_balance: Decimal,
+    quote_asset: str,
+    start_ms: int,
+    end_ms: int,
+) -> dict[str, Any]:
+    """The run's figures as stored (JSON-ready): the performance (trades, PnL, win rate, profit
+    factor, drawdown, Sharpe, Sortino, exposure, fees, the equity curve), the counts of
+    signals and orders with the reasons of refusals, and every fill (for the report's marks)."""
+    traded = {o.symbol for o in result.orders if o.fill is not None}
+    figures = performance.compute(
+        performance.fills_of(result, quote_asset=quote_asset),
+        candles={name: performance.CandleSeries.of_minutes(markets[name].minutes) for name in traded},
+        opening_balance=opening_balance,
+        start_ms=start_ms,
+        end_ms=end_ms,
+    )
     rejected: dict[str, int] = {}
     for order in result.orders:
         if order.reject_reason:
             rejected[order.reject_reason] = rejected.get(order.reject_reason, 0) + 1
+    skipped: dict[str, int] = {}
+    for decision in result.decisions:
+        if decision.outcome == "skipped":
+            skipped[decision.reason] = skipped.get(decision.reason, 0) + 1
     return {
+        **figures.to_json(),
         "signals": len(result.decisions),
+        "skipped": skipped,
         "orders": len(result.orders),
-        "filled": len(filled),
+        "filled": sum(1 for o in result.orders if o.fill is not None),
         "rejected": rejected,
-        "fees": f"{sum((o.fill.fee for o in filled if o.fill), Decimal(0)):f}",
-        "realized_pnl": f"{sum((p.realized_pnl for p in result.positions.values()), Decimal(0)):f}",
-        "opening_balance": f"{opening_balance:f}",
+        "fills": [
+            {
+                "symbol": o.symbol,
+                "side": o.side.value,
+                "time_ms": o.fill.time_ms,
+                "price": f"{o.fill.price:f}",
+                "quantity": f"{o.fill.quantity:f}",
+                "reason": o.protective or ("signal" if o.signal else ""),
+            }
+            for o in result.orders
+            if o.fill is not None
+        ],
     }

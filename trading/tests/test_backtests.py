@@ -96,6 +96,10 @@ def test_a_run_is_stored_with_its_inputs_and_results(history: tuple[Symbol, date
     assert run.parameters["symbols"] == ["BTCUSDT"]
     assert run.parameters["fee_bps"] == "10"
     assert run.results["orders"] == len(result.orders) >= 10
+    assert run.results["trade_count"] >= 5
+    assert Decimal(run.results["final_equity"]) - Decimal(10_000) == Decimal(run.results["net_pnl"])
+    assert run.results["max_drawdown_pct"] >= 0
+    assert len(run.results["fills"]) == run.results["filled"]
     assert run.results["filled"] >= 10
     assert Decimal(run.results["fees"]) > 0
     for order in result.orders:

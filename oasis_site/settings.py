@@ -166,6 +166,11 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
+STATICFILES_FINDERS = [
+    "django.contrib.staticfiles.finders.FileSystemFinder",
+    "django.contrib.staticfiles.finders.AppDirectoriesFinder",
+    "oasis_site.static_finders.PlotlyFinder",  # static/plotly/plotly.min.js, from the package
+]
 STATIC_ROOT = ENV.var_dir / "staticfiles"
 # WhiteNoise serves static files from the app process with DEBUG off too. In prod they are
 # collected at image build (`collectstatic`) with hashed names cached for a year; in dev and

@@ -13,6 +13,7 @@ urlpatterns = [
     path("readyz", views.readyz, name="readyz"),
     path("", include("django_prometheus.urls")),
     path("admin/", admin.site.urls),
+    path("trading/", include("trading.urls")),
     # Until the dashboard lands, the front door is the admin.
     path("", RedirectView.as_view(pattern_name="admin:index", permanent=False), name="home"),
 ]

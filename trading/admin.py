@@ -22,7 +22,16 @@ from audit.models import AuditEvent
 from oasis_site.readonly_admin import ReadOnlyModelAdmin
 from trading.core.types import KillSwitchState
 from trading.killswitch import KillSwitchError, killswitch_engage, killswitch_release, killswitch_view
-from trading.models import Balance, EquitySnapshot, Fill, KillSwitch, Order, Position, SignalDecision
+from trading.models import (
+    BacktestRun,
+    Balance,
+    EquitySnapshot,
+    Fill,
+    KillSwitch,
+    Order,
+    Position,
+    SignalDecision,
+)
 
 HISTORY_LENGTH = 20
 
@@ -131,6 +140,35 @@ class SignalDecisionAdmin(ReadOnlyModelAdmin):
     list_select_related = ("signal",)
     ordering = ("-decided_at", "-id")
     show_full_result_count = False
+
+
+@admin.register(BacktestRun)
+class BacktestRunAdmin(ReadOnlyModelAdmin):
+    """Runs are made by `manage.py backtest`; here they are looked at, with their report."""
+
+    list_display = (
+        "id",
+        "created_at",
+        "rule_version",
+        "status",
+        "candles",
+        "imputed_candles",
+        "net_pnl",
+        "report",
+    )
+    list_filter = ("status",)
+    list_select_related = ("rule_version__config",)
+    ordering = ("-created_at", "-id")
+
+    @admin.display(description="net PnL")
+    def net_pnl(self, run: BacktestRun) -> str:
+        return str((run.results or {}).get("net_pnl", ""))
+
+    @admin.display(description="report")
+    def report(self, run: BacktestRun) -> str:
+        if run.status != BacktestRun.Status.SUCCEEDED:
+            return ""
+        return format_html('<a href="{}">report</a>', reverse("trading:backtest_report", args=[run.pk]))
 
 
 class KillSwitchEngageForm(forms.Form):

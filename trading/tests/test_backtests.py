@@ -11,6 +11,7 @@ from io import StringIO
 from typing import Any
 
 import pytest
+from django.contrib.staticfiles import finders
 from django.core.management import CommandError, call_command
 
 from marketdata.core.klines import Kline
@@ -176,3 +177,33 @@ def test_the_command_refuses_bad_options(history: tuple[Symbol, datetime, dateti
         call_command("backtest", "--rule=ema", "--since=yesterday", "--until=2024-01-01T00:00Z")
     with pytest.raises(CommandError, match="no rule named 'x'"):
         call_command("backtest", "--rule=x", "--since=2024-01-01T00:00Z", "--until=2024-01-02T00:00Z")
+
+
+def test_the_report_draws_candles_entries_exits_equity_and_drawdown(
+    history: tuple[Symbol, datetime, datetime], admin_client: Any, client: Any
+) -> None:
+    _, first, end = history
+    run, _ = backtest_run(request=request(first, end), actor="system:test")
+    document = admin_client.get(f"/trading/backtests/{run.pk}/report.json").json()
+    traces = {trace.get("name"): trace for trace in document["figure"]["data"]}
+    candles = traces["BTCUSDT"]
+    assert candles["type"] == "candlestick"
+    assert len(candles["x"]) == ROWS - 100  # 1m: the range fits in the chart
+    fills = run.results["fills"]
+    assert len(traces["entries"]["x"]) == sum(1 for f in fills if f["side"] == "buy")
+    assert len(traces["exits"]["x"]) == sum(1 for f in fills if f["side"] == "sell")
+    assert [float(f["price"]) for f in fills if f["side"] == "buy"] == traces["entries"]["y"]
+    assert traces["equity"]["y"] == run.results["equity_curve"]["equity"]
+    assert traces["drawdown"]["y"] == run.results["equity_curve"]["drawdown_pct"]
+    assert document["results"]["net_pnl"] == run.results["net_pnl"]
+
+    page = admin_client.get(f"/trading/backtests/{run.pk}/report/")
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert "plotly/plotly.min.js" in html
+    assert 'id="backtest-figure-data"' in html
+    assert run.results["net_pnl"] in html
+    assert finders.find("plotly/plotly.min.js")  # served locally, from the pinned package
+    changelist = admin_client.get("/admin/trading/backtestrun/").content.decode()
+    assert f"/trading/backtests/{run.pk}/report/" in changelist
+    assert client.get(f"/trading/backtests/{run.pk}/report/").status_code == 302  # staff only

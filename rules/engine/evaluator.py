@@ -4,7 +4,8 @@ A `RuleProgram` is a spec compiled for one timeframe: its indicators (from `rule
 indicator classes) and its entry/exit conditions. Two ways to run it, which give the same
 signals on the same candles:
 - `PairState.step`: live, one closed candle at a time, each indicator in its incremental form;
-- `offline_signals`: a whole history at once, each indicator in its batch form.
+- `offline_signals`: a whole history at once, each indicator in its batch form and the conditions
+  on whole columns (`Condition.evaluate_columns`: numpy, no loop over candles).
 
 A signal is "exit" when the exit condition holds, else "enter" when the entry condition holds,
 else nothing (exit first: when both hold, the risk-reducing side wins). No signal is given before
@@ -15,14 +16,15 @@ Values are float64 (prices become floats at the edge of this code, in `rules.eva
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from marketdata.core.timeframes import Timeframe
-from rules.engine.base import CandleSeries, Indicator, IndicatorState
+from rules.engine.base import CandleSeries, FloatArray, Indicator, IndicatorState
 from rules.engine.expressions import Condition
 from rules.engine.indicators import Adx, Atr, BollingerBands, Ema, Macd, Rsi, Sma, Stochastic, Vwap
 from rules.engine.spec import IndicatorDecl, RuleSpec
@@ -135,16 +137,25 @@ class PairState:
 
 
 def offline_signals(
-    program: RuleProgram, candles: CandleSeries, open_: Sequence[float]
+    program: RuleProgram, candles: CandleSeries, open_: npt.ArrayLike
 ) -> list[tuple[int, str]]:
-    """(open time, signal) for every candle of a whole history, computed with the batch forms."""
-    columns: dict[str, np.ndarray[Any, np.dtype[np.float64]]] = {
-        "open": np.asarray(open_, dtype=np.float64),
+    """(open time, signal) for every candle of a whole history, computed with the batch forms.
+
+    The conditions run on whole columns (`Condition.evaluate_columns`), which gives, row by row,
+    what `PairState.step` gives candle by candle: previous = the row before, none for row 0.
+    """
+    rows = len(candles)
+    opens = np.asarray(open_, dtype=np.float64)
+    if opens.shape != (rows,):
+        raise ValueError(f"open_ has shape {opens.shape}, expected one value per candle ({rows},)")
+    columns: dict[str, FloatArray] = {
+        "open": opens,
         "high": candles.high,
         "low": candles.low,
         "close": candles.close,
         "volume": candles.volume,
     }
+    warm = np.ones(rows, dtype=bool)
     for item in program.indicators:
         result = item.indicator.batch(candles)
         if item.fields:
@@ -152,19 +163,13 @@ def offline_signals(
                 columns[output] = np.asarray(getattr(result, field), dtype=np.float64)
         else:
             columns[item.outputs[0]] = np.asarray(result, dtype=np.float64)
-    indicator_names = [name for item in program.indicators for name in item.outputs]
-    warm = np.ones(len(candles), dtype=bool)
-    for name in indicator_names:
-        warm &= ~np.isnan(columns[name])
-    lists = {name: column.tolist() for name, column in columns.items()}
-    signals = []
-    previous: dict[str, float] | None = None
-    times = candles.open_time_ms.tolist()
-    for index in range(len(candles)):
-        current = {name: values[index] for name, values in lists.items()}
-        if warm[index]:
-            action = _decide(program, current, previous)
-            if action is not None:
-                signals.append((times[index], action))
-        previous = current
-    return signals
+        for output in item.outputs:
+            warm &= ~np.isnan(columns[output])
+    exits = program.exit.evaluate_columns(columns, rows) & warm
+    entries = program.entry.evaluate_columns(columns, rows) & warm & ~exits  # exit wins
+    at = np.flatnonzero(exits | entries)
+    times = candles.open_time_ms[at].tolist()
+    return [
+        (open_ms, EXIT if is_exit else ENTER)
+        for open_ms, is_exit in zip(times, exits[at].tolist(), strict=True)
+    ]

@@ -42,6 +42,10 @@ candle and the one before:
   logic; without `not` it is exactly "a comparison with a missing value is false".)
 - Arithmetic is plain float arithmetic; nothing raises at evaluation time except a KeyError when a
   mapping lacks one of `Condition.names`.
+
+`Condition.evaluate_columns` gives the same answer for every row of whole columns at once (numpy,
+for the offline/backtest path): row i's previous is row i-1 and row 0 has none. The float64
+operations are the same IEEE ones, so the two agree exactly (rules/tests/test_evaluator_vectorised.py).
 """
 
 from __future__ import annotations
@@ -53,7 +57,10 @@ import re
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Literal, NamedTuple, cast
+from typing import Literal, NamedTuple, TypeAlias, cast
+
+import numpy as np
+import numpy.typing as npt
 
 __all__ = [
     "KEYWORDS",
@@ -588,6 +595,123 @@ def _compile_or(parts: tuple[_TruthFn, ...]) -> _TruthFn:
     return or_n
 
 
+# --- Compiling to column functions (every row at once) ------------------------------------------
+
+_FloatColumn: TypeAlias = npt.NDArray[np.float64]
+_BoolColumn: TypeAlias = npt.NDArray[np.bool_]
+_Columns = Mapping[str, _FloatColumn]
+_ColumnNumberFn = Callable[[_Columns, int], _FloatColumn]
+# Three-valued logic over rows as two masks, (holds, fails); rows in neither are unknown.
+_ColumnTruthFn = Callable[[_Columns, int], tuple[_BoolColumn, _BoolColumn]]
+
+_COMPARE_COLUMNS: dict[str, Callable[[_FloatColumn, _FloatColumn], _BoolColumn]] = {
+    "<": np.less,
+    "<=": np.less_equal,
+    ">": np.greater,
+    ">=": np.greater_equal,
+    "==": np.equal,
+    "!=": np.not_equal,
+}
+
+
+def _compile_number_columns(node: Expr) -> _ColumnNumberFn:
+    match node:
+        case Number(value=value):
+            return lambda columns, rows: np.full(rows, value, dtype=np.float64)
+        case Name(name=name):
+            return lambda columns, rows: columns[name]
+        case Negate(operand=operand):
+            inner = _compile_number_columns(operand)
+            return lambda columns, rows: np.negative(inner(columns, rows))
+        case Arithmetic(op=op, left=left, right=right):
+            lf, rf = _compile_number_columns(left), _compile_number_columns(right)
+            if op == "+":
+                return lambda columns, rows: np.add(lf(columns, rows), rf(columns, rows))
+            if op == "-":
+                return lambda columns, rows: np.subtract(lf(columns, rows), rf(columns, rows))
+            if op == "*":
+                return lambda columns, rows: np.multiply(lf(columns, rows), rf(columns, rows))
+
+            def divide(columns: _Columns, rows: int) -> _FloatColumn:
+                a, b = lf(columns, rows), rf(columns, rows)
+                quotient = np.divide(a, b)
+                quotient[b == 0] = _NAN
+                return quotient
+
+            return divide
+    raise AssertionError(f"not a number expression: {render(node)}")  # excluded by _check
+
+
+def _known(*values: _FloatColumn) -> _BoolColumn:
+    missing = np.isnan(values[0])
+    for value in values[1:]:
+        missing |= np.isnan(value)
+    return ~missing
+
+
+def _previous_row(column: _FloatColumn) -> _FloatColumn:
+    """`column` one row down: row i holds row i-1, row 0 is NaN (there is no earlier candle)."""
+    shifted = np.empty_like(column)
+    shifted[:1] = _NAN
+    shifted[1:] = column[:-1]
+    return shifted
+
+
+def _compile_truth_columns(node: Expr) -> _ColumnTruthFn:
+    match node:
+        case Comparison(op="crosses_above" | "crosses_below" as op, left=left, right=right):
+            above = op == "crosses_above"
+            lf, rf = _compile_number_columns(left), _compile_number_columns(right)
+
+            def cross(columns: _Columns, rows: int) -> tuple[_BoolColumn, _BoolColumn]:
+                a1, b1 = lf(columns, rows), rf(columns, rows)
+                a0, b0 = _previous_row(a1), _previous_row(b1)  # NaN on row 0: unknown, as previous=None
+                known = _known(a1, b1, a0, b0)
+                if above:
+                    crossed = np.less_equal(a0, b0) & np.greater(a1, b1)
+                else:
+                    crossed = np.greater_equal(a0, b0) & np.less(a1, b1)
+                return crossed & known, ~crossed & known
+
+            return cross
+        case Comparison(op=op, left=left, right=right):
+            compare = _COMPARE_COLUMNS[op]
+            lf, rf = _compile_number_columns(left), _compile_number_columns(right)
+
+            def comparison(columns: _Columns, rows: int) -> tuple[_BoolColumn, _BoolColumn]:
+                a, b = lf(columns, rows), rf(columns, rows)
+                known = _known(a, b)
+                holds = compare(a, b)
+                return holds & known, ~holds & known
+
+            return comparison
+        case Not(operand=operand):
+            inner = _compile_truth_columns(operand)
+
+            def negation(columns: _Columns, rows: int) -> tuple[_BoolColumn, _BoolColumn]:
+                holds, fails = inner(columns, rows)
+                return fails, holds
+
+            return negation
+        case Logical(op=op, operands=operands):
+            parts = tuple(_compile_truth_columns(o) for o in operands)
+            conjunction = op == "and"
+
+            def logical(columns: _Columns, rows: int) -> tuple[_BoolColumn, _BoolColumn]:
+                # and: holds where every part holds, fails where any fails; or: the other way round.
+                holds, fails = parts[0](columns, rows)
+                for part in parts[1:]:
+                    part_holds, part_fails = part(columns, rows)
+                    if conjunction:
+                        holds, fails = holds & part_holds, fails | part_fails
+                    else:
+                        holds, fails = holds | part_holds, fails & part_fails
+                return holds, fails
+
+            return logical
+    raise AssertionError(f"not a condition: {render(node)}")  # excluded by _check
+
+
 def _uses_previous(node: Expr) -> bool:
     match node:
         case Comparison(op="crosses_above" | "crosses_below"):
@@ -619,7 +743,7 @@ def _names_in(node: Expr) -> frozenset[str]:
 class Condition:
     """A checked, compiled condition. Immutable; safe to share between threads and evaluations."""
 
-    __slots__ = ("_fn", "names", "needs_previous", "source", "text", "tree")
+    __slots__ = ("_columns_fn", "_fn", "names", "needs_previous", "source", "text", "tree")
 
     text: str
     tree: Expr
@@ -627,6 +751,7 @@ class Condition:
     names: frozenset[str]
     needs_previous: bool
     _fn: _TruthFn
+    _columns_fn: _ColumnTruthFn
 
     def __init__(self, text: str, tree: Expr) -> None:
         object.__setattr__(self, "text", text)  # as written, comments included
@@ -637,6 +762,7 @@ class Condition:
         object.__setattr__(self, "names", _names_in(tree))  # the identifiers used
         object.__setattr__(self, "needs_previous", _uses_previous(tree))  # uses crosses_*
         object.__setattr__(self, "_fn", _compile_truth(tree))
+        object.__setattr__(self, "_columns_fn", _compile_truth_columns(tree))
 
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError("Condition is immutable")
@@ -658,6 +784,26 @@ class Condition:
         no earlier candle, and then any cross is false. Unknown results are False (module doc).
         """
         return self._fn(current, previous) is True
+
+    def evaluate_columns(self, columns: Mapping[str, npt.ArrayLike], rows: int) -> _BoolColumn:
+        """`evaluate` on every row of whole columns at once: a bool array of length `rows`.
+
+        `columns` maps every name in `self.names` to a 1-D array of `rows` values (NaN, or None
+        in a list, while warming up). Row i is evaluated with row i as `current` and row i-1 as
+        `previous`; row 0 has no previous (any cross is false there). Element i of the result is
+        exactly `evaluate(row i, row i-1 or None)`.
+        """
+        table: dict[str, _FloatColumn] = {}
+        for name in self.names:
+            column = np.asarray(columns[name], dtype=np.float64)
+            if column.shape != (rows,):
+                raise ValueError(f"column {name!r} has shape {column.shape}, expected ({rows},)")
+            table[name] = column
+        # Overflow to ±inf, inf - inf, 0 * inf and x / 0 are the plain float results here, as in
+        # `evaluate` (where division by zero is NaN): no warnings.
+        with np.errstate(all="ignore"):
+            holds, _ = self._columns_fn(table, rows)
+        return holds
 
 
 def compile_condition(text: str, *, names: Collection[str]) -> Condition:

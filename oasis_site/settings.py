@@ -148,6 +148,8 @@ CELERY_TASK_ROUTES = ("marketdata.tasks.route_by_stream",)
 CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     # Missing candles of every ingested stream: recorded as gaps, then backfilled or imputed.
     "marketdata-gaps-scan": {"task": "marketdata.gaps_scan", "schedule": 60.0},
+    # Backtest vs dry-run over the last hour, decision by decision (trading.drift).
+    "trading-drift-check": {"task": "trading.drift_check", "schedule": 3600.0},
 }
 
 AUTH_PASSWORD_VALIDATORS = [

@@ -258,7 +258,21 @@ def _replay(
 def _signals(
     plan: _Plan, symbol: Symbol, timeframe: Timeframe, *, since_ms: int, until_ms: int
 ) -> list[backtest.SignalEvent]:
-    """The rule's signals on `timeframe` candles that close within [since, until]."""
+    return signal_events(
+        spec=plan.spec,
+        rule_version=plan.version.pk,
+        symbol=symbol,
+        timeframe=timeframe,
+        since_ms=since_ms,
+        until_ms=until_ms,
+    )
+
+
+def signal_events(
+    *, spec: RuleSpec, rule_version: int, symbol: Symbol, timeframe: Timeframe, since_ms: int, until_ms: int
+) -> list[backtest.SignalEvent]:
+    """The rule's signals on `timeframe` candles that open at or after `since` and close by
+    `until`, computed as the live evaluator does: from WARMUP_CANDLES of history before."""
     warm_from = datetime.fromtimestamp((since_ms - WARMUP_CANDLES * timeframe.ms) / 1000, tz=UTC)
     rows = list(
         Candle.objects.filter(
@@ -282,7 +296,7 @@ def _signals(
         close=[float(r[4]) for r in rows],
         volume=[float(r[5]) for r in rows],
     )
-    program = RuleProgram.from_spec(plan.spec, timeframe)
+    program = RuleProgram.from_spec(spec, timeframe)
     closes = {ms_from_datetime(r[0]): r[4] for r in rows}
     events = []
     for open_ms, action in offline_signals(program, series, [float(r[1]) for r in rows]):
@@ -297,7 +311,7 @@ def _signals(
                 timeframe_ms=timeframe.ms,
                 action=action,
                 reference=closes[open_ms],
-                rule_version=plan.version.pk,
+                rule_version=rule_version,
             )
         )
     return events

@@ -85,6 +85,15 @@ class SignalEvent:
 
 
 @dataclass(frozen=True)
+class RuleTerms:
+    """What one rule version says about sizing and limits (its signals are sized by it)."""
+
+    limits: risk.RiskLimits
+    sizing_quote: Decimal | None
+    sizing_equity_pct: Decimal | None
+
+
+@dataclass(frozen=True)
 class BacktestSettings:
     exchange: str
     limits: risk.RiskLimits
@@ -98,6 +107,13 @@ class BacktestSettings:
     max_signal_age_s: int = 120
     decision_delay_ms: int = 1_000
     exchange_limits: risk.ExchangeLimits = field(default_factory=risk.ExchangeLimits)
+    # Other rule versions' terms, by version id (a replay of a period in which several ran).
+    terms: Mapping[int, RuleTerms] = field(default_factory=dict)
+
+    def terms_for(self, rule_version: int) -> RuleTerms:
+        return self.terms.get(rule_version) or RuleTerms(
+            self.limits, self.sizing_quote, self.sizing_equity_pct
+        )
 
 
 @dataclass
@@ -146,13 +162,35 @@ def canonical_order(events: Iterable[SignalEvent]) -> list[SignalEvent]:
     return sorted(events, key=lambda e: (e.close_ms, e.symbol, e.timeframe_ms, e.rule_version))
 
 
+@dataclass
+class InitialBook:
+    """Where a replay starts when it does not start from nothing (a drift check of a period in
+    the middle of a dry-run): positions, balances, last trade and loss times, orders still open."""
+
+    positions: dict[str, PositionState]
+    balances: dict[str, Decimal]
+    last_trade_ms: dict[str, int] = field(default_factory=dict)
+    last_loss_ms: dict[str, int] = field(default_factory=dict)
+    open_orders: list[SimOrder] = field(default_factory=list)
+
+
 def run(
     events: Iterable[SignalEvent],
     *,
     symbols: Mapping[str, MarketSymbol],
     settings: BacktestSettings,
+    initial: InitialBook | None = None,
 ) -> BacktestResult:
-    book = _Book(balances={settings.quote_asset: settings.opening_balance})
+    if initial is None:
+        book = _Book(balances={settings.quote_asset: settings.opening_balance})
+    else:
+        book = _Book(
+            positions=dict(initial.positions),
+            balances=dict(initial.balances),
+            last_trade_ms=dict(initial.last_trade_ms),
+            last_loss_ms=dict(initial.last_loss_ms),
+            open_orders=list(initial.open_orders),
+        )
     orders: list[SimOrder] = []
     decided: list[Decision] = []
     pending = canonical_order(events)
@@ -293,12 +331,13 @@ def _decide(
     if side is Side.SELL:
         wanted = decisions.exit_order(held.quantity)
     else:
+        terms = settings.terms_for(event.rule_version)
         wanted = decisions.entry_order(
             reference=event.reference,
-            sizing_quote=settings.sizing_quote,
-            sizing_equity_pct=settings.sizing_equity_pct,
+            sizing_quote=terms.sizing_quote,
+            sizing_equity_pct=terms.sizing_equity_pct,
             equity=context.free_quote + context.total_exposure,
-            limits=settings.limits,
+            limits=terms.limits,
             position_value=context.position_value,
             total_exposure=context.total_exposure,
         )
@@ -328,7 +367,7 @@ def _place(
     checked = risk.check(
         intent,
         filters=symbols[intent.symbol].filters,
-        limits=settings.limits,
+        limits=settings.terms_for(signal.rule_version).limits if signal else settings.limits,
         context=context,
         exchange=settings.exchange_limits,
     )

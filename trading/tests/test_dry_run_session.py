@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from io import StringIO
 from typing import Any
 
 import pytest
 from django.core.cache import cache
+from django.core.management import CommandError, call_command
 from waffle.models import Flag
 
 from audit.models import AuditEvent
@@ -34,6 +36,7 @@ from trading.brokers.dry_run import DryRunBroker
 from trading.core import backtest
 from trading.core.fills import FillModel
 from trading.core.types import OrderStatus, Side
+from trading.drift import drift_check
 from trading.execution import ExecutionConfig, ExecutionLoop, limits_of
 from trading.models import Balance, EquitySnapshot, Fill, Order, Position, SignalDecision
 from trading.runner import paper_account_open
@@ -71,6 +74,13 @@ def running_sim():
     )
     with SimExchangeThread(config) as running:
         yield running
+
+
+@pytest.fixture(autouse=True)
+def fresh_evaluator(monkeypatch):
+    """A new evaluator per test: its cache of active rule versions must not outlive a test's
+    database."""
+    monkeypatch.setattr(evaluation, "_evaluator", None)
 
 
 @pytest.fixture
@@ -334,3 +344,44 @@ def test_the_backtest_engine_decides_and_fills_as_the_execution_loop_did(sim, sp
         )
     for balance in Balance.objects.filter(mode="dry_run"):
         assert result.balances.get(balance.asset, Decimal(0)) == balance.free, balance.asset
+
+
+def test_drift_over_a_dry_run_session_is_zero_and_an_edited_candle_is_named(sim):
+    last = replay_session()
+    until = last + timedelta(minutes=1)
+    since = until - timedelta(minutes=REPLAY_MINUTES)
+    report = drift_check(since=since, until=until, exchange="sim")
+    assert report.signals_compared > 10
+    assert report.orders_compared > 10
+    assert report.fills_compared > 10
+    assert report.mismatches == []
+    assert all(bps == 0 for bps in report.pnl_bps.values())
+    assert not report.over_tolerance
+
+    # Someone edits a stored candle the session traded on: drift names it.
+    order = Order.objects.filter(side="buy", status=OrderStatus.FILLED).order_by("id")[5]
+    assert order.signal is not None
+    candle = Candle.objects.get(symbol=order.symbol, timeframe="1m", open_time=order.signal.open_time)
+    Candle.objects.filter(pk=candle.pk).update(close=candle.close * 2, high=candle.high * 2)
+    report = drift_check(since=since, until=until, exchange="sim")
+    assert report.over_tolerance
+    (edited,) = [m for m in report.mismatches if m.kind == "candle"]
+    assert (edited.symbol, edited.timeframe, edited.time) == (
+        order.symbol.symbol,
+        "1m",
+        order.signal.open_time.isoformat(),
+    )
+    assert (
+        f"close was {float(candle.close)} when dry-run decided, {float(candle.close * 2)} now"
+        in edited.detail
+    )
+    out = StringIO()
+    with pytest.raises(CommandError, match="over tolerance"):
+        call_command(
+            "drift",
+            f"--since={since.isoformat()}",
+            f"--until={until.isoformat()}",
+            "--exchange=sim",
+            stdout=out,
+        )
+    assert f"candle {order.symbol.symbol} 1m {order.signal.open_time.isoformat()}: high was" in out.getvalue()

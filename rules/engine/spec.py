@@ -247,15 +247,24 @@ _FIELD_ORDER = tuple(_Document.model_fields)
 # --- Indicator parameters --------------------------------------------------------------------------
 
 
+# Averages of one value are the value itself: SMA, EMA, RSI, ADX and MACD's averages need two.
+AveragePeriod = Annotated[int, Ge(2), Le(MAX_PERIOD)]
+
+
 class _PeriodParams(BaseModel):
     model_config = _FROZEN
     period: Period
 
 
+class _AveragePeriodParams(BaseModel):
+    model_config = _FROZEN
+    period: AveragePeriod
+
+
 class _MacdParams(BaseModel):
     model_config = _FROZEN
-    fast: Period
-    slow: Period
+    fast: AveragePeriod
+    slow: AveragePeriod
     signal: Period
 
     @model_validator(mode="after")
@@ -283,11 +292,11 @@ class _NoParams(BaseModel):
 
 
 _PARAMS: Final[Mapping[str, type[BaseModel]]] = {
-    "sma": _PeriodParams,
-    "ema": _PeriodParams,
-    "rsi": _PeriodParams,
+    "sma": _AveragePeriodParams,
+    "ema": _AveragePeriodParams,
+    "rsi": _AveragePeriodParams,
     "atr": _PeriodParams,
-    "adx": _PeriodParams,
+    "adx": _AveragePeriodParams,
     "vwap": _NoParams,
     "macd": _MacdParams,
     "bbands": _BBandsParams,

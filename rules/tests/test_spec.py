@@ -158,7 +158,7 @@ BAD_FIELDS = [
     ),
     ("timeframes", ["1m", "5m", "1m"], "timeframes.2", "'1m' is listed twice"),
     ("timeframes", "1m", "timeframes", "must be a list"),
-    ("indicators.fast.period", 0, "indicators.fast.period", "must be ≥ 1"),
+    ("indicators.fast.period", 0, "indicators.fast.period", "must be ≥ 2"),
     ("indicators.fast.period", 1001, "indicators.fast.period", "must be ≤ 1000"),
     ("indicators.fast.period", 12.0, "indicators.fast.period", "must be a whole number"),
     ("indicators.fast.period", "12", "indicators.fast.period", "must be a whole number"),
@@ -179,7 +179,7 @@ BAD_FIELDS = [
         "indicators.fast.by_timeframe",
         {"5m": {"period": 0}},
         "indicators.fast.by_timeframe.5m.period",
-        "must be ≥ 1",
+        "must be ≥ 2",
     ),
     (
         "indicators.fast.by_timeframe",
@@ -261,6 +261,9 @@ def test_bad_input_names_its_field(path, value, field, message):
         ({"kind": "bbands", "period": 20, "stddev": 0}, "indicators.x.stddev", "must be > 0"),
         ({"kind": "bbands", "period": 20, "stddev": "2"}, "indicators.x.stddev", "must be a number"),
         ({"kind": "bbands", "period": 1, "stddev": 2}, "indicators.x.period", "must be ≥ 2"),
+        # An average of one value is the value: the averages need two (their indicators refuse 1).
+        ({"kind": "rsi", "period": 1}, "indicators.x.period", "must be ≥ 2"),
+        ({"kind": "macd", "fast": 1, "slow": 26, "signal": 9}, "indicators.x.fast", "must be ≥ 2"),
         (
             {"kind": "stoch", "k_period": 14, "k_smooth": 0, "d_period": 3},
             "indicators.x.k_smooth",
@@ -297,8 +300,8 @@ def test_all_errors_are_reported_together_in_field_order():
     errors = errors_of(data)
     assert errors == [
         ("timeframes.2", "unknown timeframe '2m'; valid: 1m, 3m, 5m, 10m, 15m, 1h, 4h"),
-        ("indicators.fast.period", "must be ≥ 1"),
-        ("indicators.fast.by_timeframe.5m.period", "must be ≥ 1"),
+        ("indicators.fast.period", "must be ≥ 2"),
+        ("indicators.fast.by_timeframe.5m.period", "must be ≥ 2"),
         ("indicators.fast.by_timeframe.5m.x", "unknown parameter; ema takes period"),
         (
             "indicators.zz.kind",
@@ -383,3 +386,27 @@ def test_checksum_changes_with_meaning_and_with_condition_text():
     assert (
         parse_spec(changed(EMA_CROSS, "entry", "fast crosses_above slow and rsi < 70 # x")).checksum() != base
     )
+
+
+def test_every_period_the_spec_accepts_compiles() -> None:
+    """The spec's lower bounds are the indicators' own: nothing valid fails to compile."""
+    from marketdata.core.timeframes import Timeframe
+    from rules.engine.evaluator import RuleProgram
+
+    smallest = {
+        "sma": {"period": 2},
+        "ema": {"period": 2},
+        "rsi": {"period": 2},
+        "atr": {"period": 1},
+        "adx": {"period": 2},
+        "macd": {"fast": 2, "slow": 3, "signal": 1},
+        "bbands": {"period": 2, "stddev": 1},
+        "stoch": {"k_period": 1, "k_smooth": 1, "d_period": 1},
+    }
+    for kind, params in smallest.items():
+        outputs = ", ".join(indicator_outputs("x", kind))
+        entry = f"{outputs.split(', ')[0]} > 0"
+        spec = parse_spec(
+            {**EMA_CROSS, "indicators": {"x": {"kind": kind, **params}}, "entry": entry, "exit": entry}
+        )
+        RuleProgram.from_spec(spec, Timeframe.M1)

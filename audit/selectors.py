@@ -65,3 +65,8 @@ def audit_chain_verify(*, batch_size: int = 2000) -> ChainVerification:
 
 def _content_of(event: AuditEvent) -> EventContent:
     return EventContent(**{field.name: getattr(event, field.name) for field in fields(EventContent)})
+
+
+def latest_event(*, action: str) -> AuditEvent | None:
+    """The newest event of `action`."""
+    return AuditEvent.objects.filter(action=action).order_by("-seq").first()

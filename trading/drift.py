@@ -390,6 +390,10 @@ def _publish(report: DriftReport, tolerance: dict[int, Any]) -> DriftReport:
         payload={k: v for k, v in report.to_json().items() if k != "mismatches"}
         | {
             "mismatch_count": len(report.mismatches),
+            "mismatch_counts": [
+                {"symbol": symbol, "timeframe": timeframe, "kind": kind, "count": count}
+                for (symbol, timeframe, kind), count in sorted(counts.items())
+            ],
             "first_mismatches": [m.to_json() for m in report.mismatches[:20]],
         },
     )

@@ -346,7 +346,7 @@ def test_the_backtest_engine_decides_and_fills_as_the_execution_loop_did(sim, sp
         assert result.balances.get(balance.asset, Decimal(0)) == balance.free, balance.asset
 
 
-def test_drift_over_a_dry_run_session_is_zero_and_an_edited_candle_is_named(sim):
+def test_drift_over_a_dry_run_session_is_zero_and_an_edited_candle_is_named(sim, client):
     last = replay_session()
     until = last + timedelta(minutes=1)
     since = until - timedelta(minutes=REPLAY_MINUTES)
@@ -374,6 +374,13 @@ def test_drift_over_a_dry_run_session_is_zero_and_an_edited_candle_is_named(sim)
     assert (
         f"close was {float(candle.close)} when dry-run decided, {float(candle.close * 2)} now"
         in edited.detail
+    )
+    # The web process's /metrics shows the last check (read from its audit event).
+    scraped = client.get("/metrics").content.decode()
+    assert "oasis_drift_last_over_tolerance 1.0" in scraped
+    assert (
+        f'oasis_drift_last_mismatches{{kind="candle",symbol="{order.symbol.symbol}",timeframe="1m"}} 1.0'
+        in scraped
     )
     out = StringIO()
     with pytest.raises(CommandError, match="over tolerance"):

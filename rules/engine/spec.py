@@ -220,6 +220,9 @@ class DriftTolerance(BaseModel):
     model_config = _FROZEN
     price_pct: Annotated[DecimalString, Ge(0), Le(100)] = Decimal("0.1")
     pnl_pct: Annotated[DecimalString, Ge(0), Le(100)] = Decimal("1")
+    # A backtest over more imputed candles than this (percent of the 1m candles in its range)
+    # would measure the imputation, not the rule: it is refused.
+    imputed_pct: Annotated[DecimalString, Ge(0), Le(100)] = Decimal("1")
 
 
 class _Document(BaseModel):

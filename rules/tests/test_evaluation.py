@@ -2,10 +2,7 @@
 persisted signals) equals the offline computation on the same real candles, across a restart;
 flags gate it; a failing rule is disabled for its pair and audited; signals are broadcast."""
 
-import csv
 import dataclasses
-from datetime import datetime
-from decimal import Decimal
 
 import pytest
 from asgiref.sync import async_to_sync
@@ -20,7 +17,7 @@ from marketdata.events import ClosedCandle, candles_closed
 from marketdata.ingest.derived import closed_candle_event
 from marketdata.services import CandleWrite, candles_upsert_closed
 from marketdata.tests.factories import SymbolFactory
-from marketdata.tests.shared_data import REAL_CANDLES_CSV
+from marketdata.tests.shared_data import real_klines
 from rules import evaluation
 from rules.engine.base import CandleSeries
 from rules.engine.evaluator import PairState, RuleProgram, offline_signals
@@ -30,7 +27,6 @@ from rules.services import rule_config_create, rule_version_activate
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("celery_inline")]
 
-DATA = REAL_CANDLES_CSV
 ROWS = 1500
 SPEC = {
     "timeframes": ["1m"],
@@ -61,29 +57,8 @@ def set_flag(config, everyone):
 
 @pytest.fixture
 def series():
-    if not DATA.exists():
-        pytest.skip(f"the real candles are not here: {DATA}")
-    with DATA.open() as handle:
-        rows = list(csv.DictReader(handle))[:ROWS]
     symbol = SymbolFactory.create(symbol="BTCUSDT")
-    klines = [
-        Kline(
-            symbol="BTCUSDT",
-            timeframe=Timeframe.M1,
-            open_time_ms=int(
-                datetime.fromisoformat(row["open_time"].replace("Z", "+00:00")).timestamp() * 1000
-            ),
-            open=Decimal(row["open"]),
-            high=Decimal(row["high"]),
-            low=Decimal(row["low"]),
-            close=Decimal(row["close"]),
-            volume=Decimal(row["volume"]),
-            quote_volume=Decimal(0),
-            trades=0,
-            closed=True,
-        )
-        for row in rows
-    ]
+    klines = real_klines("BTCUSDT", ROWS)
     candles_upsert_closed(writes=[CandleWrite(symbol.pk, k, "rest") for k in klines])
     return symbol, klines
 

@@ -3,7 +3,6 @@ bad input is refused with a message naming what is wrong, and nothing is stored 
 
 from __future__ import annotations
 
-import csv
 import json
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -14,12 +13,10 @@ import pytest
 from django.contrib.staticfiles import finders
 from django.core.management import CommandError, call_command
 
-from marketdata.core.klines import Kline
-from marketdata.core.timeframes import Timeframe
 from marketdata.models import Candle, Symbol
 from marketdata.services import CandleWrite, candles_upsert_closed
 from marketdata.tests.factories import SymbolFactory
-from marketdata.tests.shared_data import REAL_CANDLES_CSV
+from marketdata.tests.shared_data import real_klines
 from rules.services import rule_config_create, rule_version_activate
 from trading.backtests import BacktestInputError, BacktestRequest, backtest_run
 from trading.models import BacktestRun
@@ -44,29 +41,8 @@ FILTERS = [
 
 @pytest.fixture
 def history() -> tuple[Symbol, datetime, datetime]:
-    if not REAL_CANDLES_CSV.exists():
-        pytest.skip(f"the real candles are not here: {REAL_CANDLES_CSV}")
     symbol = SymbolFactory.create(symbol="BTCUSDT", base="BTC", filters=FILTERS)
-    with REAL_CANDLES_CSV.open() as handle:
-        rows = list(csv.DictReader(handle))[:ROWS]
-    klines = [
-        Kline(
-            symbol="BTCUSDT",
-            timeframe=Timeframe.M1,
-            open_time_ms=int(
-                datetime.fromisoformat(row["open_time"].replace("Z", "+00:00")).timestamp() * 1000
-            ),
-            open=Decimal(row["open"]),
-            high=Decimal(row["high"]),
-            low=Decimal(row["low"]),
-            close=Decimal(row["close"]),
-            volume=Decimal(row["volume"]),
-            quote_volume=Decimal(0),
-            trades=0,
-            closed=True,
-        )
-        for row in rows
-    ]
+    klines = real_klines("BTCUSDT", ROWS)
     candles_upsert_closed(writes=[CandleWrite(symbol.pk, k, "rest") for k in klines])
     config = rule_config_create(
         name="ema", description="", symbols=["BTCUSDT"], spec=SPEC, author="system:test"

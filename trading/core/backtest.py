@@ -17,9 +17,13 @@ would depend on the loop's equity-snapshot cadence): what a backtest measures is
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
+from typing import overload
+
+import numpy as np
+import numpy.typing as npt
 
 from trading.core import decisions, risk
 from trading.core.fills import FillModel
@@ -51,17 +55,69 @@ class Minute:
     close: Decimal
 
 
+ExactPrices = Callable[[int], tuple[Decimal, Decimal, Decimal, Decimal]]  # row → open, high, low, close
+
+
+class MinuteColumns(Sequence[Minute]):
+    """1m candles held as columns, for a long replay (a year is 525,600 of them): the open times,
+    the closes as floats, and the exact prices behind a function of the row, so that a `Minute`
+    (four Decimals) is made only for the rows the engine reads — those around its orders and,
+    with protective exits, the newest closed one while a position is held.
+
+    `close[i]` must be `float(exact(i)[3])` (performance draws its curves from it); the loader
+    that builds the columns answers for that. Reading the sequence gives the same `Minute`s a list
+    of them would."""
+
+    def __init__(
+        self, open_ms: npt.NDArray[np.int64], close: npt.NDArray[np.float64], exact: ExactPrices
+    ) -> None:
+        if open_ms.ndim != 1 or open_ms.shape != close.shape:
+            raise ValueError(f"open_ms {open_ms.shape} and close {close.shape} must be 1-D of one length")
+        self.open_ms = open_ms
+        self.close = close
+        self._exact = exact
+        self._last: Minute | None = None  # the engine often reads one minute twice in a row
+        self._last_index = -1
+
+    def __len__(self) -> int:
+        return int(self.open_ms.size)
+
+    @overload
+    def __getitem__(self, index: int) -> Minute: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[Minute]: ...
+
+    def __getitem__(self, index: int | slice) -> Minute | list[Minute]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        count = len(self)
+        if index < 0:
+            index += count
+        if not 0 <= index < count:
+            raise IndexError(f"minute {index} of {count}")
+        if index != self._last_index:
+            o, h, low, c = self._exact(index)
+            self._last, self._last_index = Minute(int(self.open_ms[index]), o, h, low, c), index
+        assert self._last is not None
+        return self._last
+
+
 @dataclass(frozen=True)
 class MarketSymbol:
     symbol: str
     base: str
     quote: str
     filters: SymbolFilters
-    minutes: Sequence[Minute]  # in time order
+    minutes: Sequence[Minute]  # in time order: a list, or MinuteColumns for a long replay
     trading: bool = True
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "_opens", [m.open_ms for m in self.minutes])
+        if isinstance(self.minutes, MinuteColumns):
+            opens = self.minutes.open_ms.tolist()  # without making every Minute
+        else:
+            opens = [m.open_ms for m in self.minutes]
+        object.__setattr__(self, "_opens", opens)
 
     def first_from(self, open_ms: int) -> int:
         """Index of the first minute opening at or after `open_ms`."""
@@ -284,7 +340,11 @@ def _context(
         exposure += state.quantity * mark
     held = book.positions.get(symbol, PositionState())
     market = symbols[symbol]
-    recent = [(name, at) for name, at in book.sent if at > now - MINUTE_MS]
+    # `sent` grows in time order (each entry is stamped with the cycle's time, and cycles run in
+    # time order), so the last minute's entries are its tail: found by bisection, not by a scan
+    # of every order of the run (which made a year's replay quadratic in its orders).
+    first = bisect.bisect_right(book.sent, now - MINUTE_MS, key=lambda sent: sent[1])
+    recent = book.sent[first:]
     return risk.RiskContext(
         now_ms=now,
         kill_switch=KillSwitchState.ACTIVE,

@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from trading.core.backtest import BacktestResult, Minute
+from trading.core.backtest import BacktestResult, Minute, MinuteColumns
 from trading.core.types import Side
 
 MINUTE_MS = 60_000
@@ -127,6 +127,8 @@ class CandleSeries:
 
     @classmethod
     def of_minutes(cls, minutes: Sequence[Minute]) -> CandleSeries:
+        if isinstance(minutes, MinuteColumns):  # already columns, closes as float(close)
+            return cls(minutes.open_ms, minutes.close)
         count = len(minutes)
         return cls(
             np.fromiter((m.open_ms for m in minutes), dtype=np.int64, count=count),

@@ -21,17 +21,26 @@ Scaling: 10 single-symbol backtests one after another in this process, then the 
 pool of `--workers` processes (forked after set-up, each with its own database connection; the
 pool is started and warmed before timing), and one 10-symbol backtest (one book over all ten).
 
-    DATABASE_URL=postgres://postgres@127.0.0.1:5432/oasis_bench_bt .venv/bin/python bench/backtest.py --runs 5
+The peer: Jesse's (about 21,000 candles/s) and freqtrade's (about 12,500 candles/s here, issue 7)
+published figures are printed as quoted. With `--freqtrade PATH` (freqtrade from PyPI in a
+throwaway venv), the same year and rule also run in freqtrade, timed end to end as a command.
+
+    DATABASE_URL=postgres://postgres@127.0.0.1:5432/oasis_bench_bt .venv/bin/python bench/backtest.py \
+        --runs 5 [--freqtrade /tmp/ftvenv/bin/freqtrade]
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import json
 import multiprocessing
 import os
+import re
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -65,7 +74,7 @@ MINUTE_MS = 60_000
 START = datetime(2024, 1, 1, tzinfo=UTC)
 SHIFT = 3_024  # minutes between one symbol's copy and the next's
 JESSE = 21_000  # candles/s, published by Jesse (quoted, not rerun)
-FREQTRADE = 12_500  # candles/s: ~49 s for the same year and an EMA-cross rule here (quoted)
+FREQTRADE = 12_500  # candles/s: ~49 s for the same year and an EMA-cross rule here (issue 7)
 SPEC: dict[str, Any] = {
     "timeframes": ["1m"],
     "indicators": {
@@ -212,6 +221,117 @@ def median(runs: list[dict[str, float]]) -> dict[str, float]:
     return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
 
 
+# The same year and rule in freqtrade (`--freqtrade PATH`: a freqtrade installed from PyPI in a
+# throwaway venv). Its candles are written as its feather file; it loads the exchange's markets
+# at start, which this process's simulator answers (no network), then backtests offline.
+FREQTRADE_STRATEGY = """
+import talib.abstract as ta
+from freqtrade.strategy import IStrategy
+
+
+class EmaRsi(IStrategy):
+    INTERFACE_VERSION = 3
+    timeframe = "1m"
+    minimal_roi = {"0": 100}
+    stoploss = -0.99
+    startup_candle_count = 500
+
+    def populate_indicators(self, frame, metadata):
+        frame["fast"] = ta.EMA(frame, timeperiod=9)
+        frame["slow"] = ta.EMA(frame, timeperiod=21)
+        frame["rsi"] = ta.RSI(frame, timeperiod=14)
+        return frame
+
+    def populate_entry_trend(self, frame, metadata):
+        up = (frame["fast"] > frame["slow"]) & (frame["fast"].shift(1) <= frame["slow"].shift(1))
+        frame.loc[up & (frame["rsi"] < 70), "enter_long"] = 1
+        return frame
+
+    def populate_exit_trend(self, frame, metadata):
+        down = (frame["fast"] < frame["slow"]) & (frame["fast"].shift(1) >= frame["slow"].shift(1))
+        frame.loc[down | (frame["rsi"] > 80), "exit_long"] = 1
+        return frame
+"""
+FREQTRADE_DATA = """
+import sys
+import numpy as np
+import pandas as pd
+rows = pd.read_csv(sys.argv[1])
+pick = np.arange(int(sys.argv[3])) % len(rows)
+frame = pd.DataFrame({"date": pd.date_range(sys.argv[4], periods=pick.size, freq="1min", tz="UTC")})
+for column in ("open", "high", "low", "close", "volume"):
+    frame[column] = rows[column].to_numpy()[pick]
+frame.to_feather(sys.argv[2])
+"""
+
+
+def freqtrade_runs(freqtrade: Path, runs: int) -> list[float]:
+    simulator = subprocess.Popen(
+        [sys.executable, str(ROOT / "manage.py"), "simexchange", "--port", "0", "--symbols", "BTCUSDT"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    assert simulator.stdout is not None
+    try:
+        base = ""
+        while not base and simulator.poll() is None:
+            match = re.search(r"REST (http://\S+/api/v3)", simulator.stdout.readline())
+            base = match.group(1) if match else ""
+        if not base:
+            raise RuntimeError("the simulator did not start")
+        with tempfile.TemporaryDirectory() as folder:
+            work = Path(folder)
+            subprocess.run([str(freqtrade), "create-userdir", "--userdir", str(work / "user")], check=True,
+                           capture_output=True)  # fmt: skip
+            data = work / "user" / "data" / "binance"
+            data.mkdir(parents=True, exist_ok=True)
+            subprocess.run(
+                [str(freqtrade.parent / "python"), "-c", FREQTRADE_DATA, str(CSV),
+                 str(data / "BTC_USDT-1m.feather"), str(YEAR), START.strftime("%Y-%m-%d")],
+                check=True,
+            )  # fmt: skip
+            (work / "user" / "strategies" / "EmaRsi.py").write_text(FREQTRADE_STRATEGY)
+            api = {"public": base, "private": base, "v1": base, "v3": base}
+            ccxt = {
+                "options": {"fetchMarkets": {"types": ["spot"]}, "fetchCurrencies": False},
+                "urls": {"api": api},
+            }
+            config = {
+                "max_open_trades": 1, "stake_currency": "USDT", "stake_amount": 250, "dry_run": True,
+                "dry_run_wallet": 10_000, "trading_mode": "spot", "timeframe": "1m", "fee": 0.001,
+                "dataformat_ohlcv": "feather", "pairlists": [{"method": "StaticPairList"}],
+                "exchange": {"name": "binance", "pair_whitelist": ["BTC/USDT"], "ccxt_config": ccxt,
+                             "ccxt_async_config": ccxt},
+                "entry_pricing": {"price_side": "same", "use_order_book": False},
+                "exit_pricing": {"price_side": "same", "use_order_book": False},
+            }  # fmt: skip
+            (work / "config.json").write_text(json.dumps(config))
+            end = START + timedelta(minutes=YEAR)
+            timings = []
+            for n in range(runs):
+                started = time.perf_counter()
+                done = subprocess.run(
+                    [str(freqtrade), "backtesting", "--config", str(work / "config.json"), "--userdir",
+                     str(work / "user"), "--strategy", "EmaRsi", "--cache", "none",
+                     "--timerange", f"{START:%Y%m%d}-{end:%Y%m%d}"],
+                    capture_output=True, text=True,
+                )  # fmt: skip
+                elapsed = time.perf_counter() - started
+                if done.returncode:
+                    raise RuntimeError(f"freqtrade failed: {done.stdout[-2000:]}{done.stderr[-2000:]}")
+                timings.append(elapsed)
+                found = re.search(r"EmaRsi\s*│\s*(\d+)", done.stdout)
+                trades = found.group(1) if found else "?"
+                print(
+                    f"freqtrade, run {n + 1}: {elapsed:.2f} s end to end (its start-up included), "
+                    f"{YEAR / elapsed:,.0f} candles/s, trades {trades}",
+                    flush=True,
+                )
+            return timings
+    finally:
+        simulator.terminate()
+        simulator.wait(timeout=30)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5, help="runs per case; the median is quoted")
@@ -220,6 +340,7 @@ def main() -> None:
         "--workers", type=int, nargs="+", default=[2, 4], help="worker pool sizes for the scaling case"
     )
     parser.add_argument("--only-one", action="store_true", help="the one-symbol year only")
+    parser.add_argument("--freqtrade", type=Path, help="a freqtrade executable: run the same year in it too")
     args = parser.parse_args()
     if connection.vendor != "postgresql":
         raise SystemExit("bench/backtest.py measures PostgreSQL: set DATABASE_URL=postgres://...")
@@ -242,6 +363,13 @@ def main() -> None:
             f"{rate / FREQTRADE:.1f}x freqtrade's {FREQTRADE:,} (both quoted, not rerun)",
             flush=True,
         )
+        if args.freqtrade:
+            peer = statistics.median(freqtrade_runs(args.freqtrade, args.runs))
+            print(
+                f"freqtrade, median of {args.runs}: {peer:.2f} s, {YEAR / peer:,.0f} candles/s; "
+                f"ours is {peer / one['total s']:.1f}x faster end to end",
+                flush=True,
+            )
         if args.only_one:
             return
         every = names(args.symbols)

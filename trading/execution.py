@@ -269,7 +269,7 @@ class ExecutionLoop:
         timeframe = Timeframe(signal.timeframe)
         close_ms = ms_from_datetime(signal.open_time) + timeframe.ms
         reference = selectors.candle_close(symbol.pk, signal.timeframe, signal.open_time)
-        position = selectors.position_state(selectors.positions(mode).get(symbol.pk))
+        position = selectors.position_state(selectors.position_of(mode, symbol_id=symbol.pk))
         side = decisions.triage(
             decisions.SignalFacts(
                 action=signal.action,

@@ -119,6 +119,10 @@ def order_latencies_ms(*, mode: str, since: datetime) -> list[float]:
     return [(ack - sent).total_seconds() * 1000 for sent, ack in rows if sent and ack]
 
 
+def position_of(mode: str, *, symbol_id: int) -> Position | None:
+    return Position.objects.filter(mode=mode, symbol_id=symbol_id).first()
+
+
 def position_state(position: Position | None) -> PositionState:
     if position is None:
         return PositionState()

@@ -57,6 +57,7 @@ KNOWN_VARIABLES: tuple[str, ...] = (
     "OASIS_DRYRUN_BALANCE",
     "OASIS_FEE_BPS",
     "OASIS_SLIPPAGE_BPS",
+    "OASIS_BROADCAST_RELAY_URL",
     # Exchange credentials (trading.credentials reads them; never logged or stored).
     *(
         f"OASIS_{name.upper()}_{kind}"
@@ -103,6 +104,9 @@ class Environment:
     dry_run_balance: Decimal = Decimal(10_000)
     fee_bps: Decimal = Decimal(10)
     slippage_bps: Decimal = Decimal(5)
+    # Without Redis (make run), the web process relays WebSocket broadcasts that other
+    # processes post here (oasis_site/broadcast.py); None: the channel layer carries them.
+    broadcast_relay_url: str | None = None
     var_dir: Path = field(repr=False, default=Path("var"))
 
     @property
@@ -239,6 +243,20 @@ def read_environment(environ: Mapping[str, str], *, base_dir: Path) -> Environme
     fee_bps = _parse_decimal("OASIS_FEE_BPS", get("OASIS_FEE_BPS"), default="10", high=1000)
     slippage_bps = _parse_decimal("OASIS_SLIPPAGE_BPS", get("OASIS_SLIPPAGE_BPS"), default="5", high=1000)
 
+    broadcast_relay_url = get("OASIS_BROADCAST_RELAY_URL")
+    if broadcast_relay_url is not None:
+        _check_url(
+            "OASIS_BROADCAST_RELAY_URL",
+            broadcast_relay_url,
+            ("http",),
+            "http://127.0.0.1:8000/internal/broadcast",
+        )
+        relay_host = urlsplit(broadcast_relay_url).hostname or ""
+        if relay_host not in ("127.0.0.1", "localhost", "::1"):
+            raise ConfigurationError(
+                f"OASIS_BROADCAST_RELAY_URL must point at this machine (127.0.0.1); got host {relay_host!r}"
+            )
+
     return Environment(
         name=env_name,
         debug=debug,
@@ -263,6 +281,7 @@ def read_environment(environ: Mapping[str, str], *, base_dir: Path) -> Environme
         dry_run_balance=dry_run_balance,
         fee_bps=fee_bps,
         slippage_bps=slippage_bps,
+        broadcast_relay_url=broadcast_relay_url,
         var_dir=var_dir,
     )
 

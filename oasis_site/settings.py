@@ -45,6 +45,12 @@ OASIS_DRYRUN_BALANCE = ENV.dry_run_balance
 OASIS_FEE_BPS = ENV.fee_bps
 OASIS_SLIPPAGE_BPS = ENV.slippage_bps
 REDIS_URL = ENV.redis_url
+OASIS_BROADCAST_RELAY_URL = ENV.broadcast_relay_url
+# Live dashboard WebSockets (oasis_site/consumers.py): per-connection quotas. Over one, the
+# socket is closed with code 4008/4009/1009 and a reason (never silently ignored).
+OASIS_WS_MAX_SUBSCRIPTIONS = 64
+OASIS_WS_MAX_MESSAGES_PER_S = 20
+OASIS_WS_MAX_MESSAGE_BYTES = 4096
 
 SECRET_KEY = ENV.secret_key
 DEBUG = ENV.debug

@@ -61,3 +61,37 @@ def test_ids_are_deterministic_distinct_and_accepted_by_binance(
     assert len(one) == 32
     if tuple(map(str, first)) != tuple(map(str, second)):
         assert one != client_order_id(*second)
+
+
+def _reference_id(*parts: object) -> str:
+    """The definition: SHA-256 over json.dumps of the parts as text (live orders carry ids made
+    this way, so the id of a part list may never change)."""
+    import hashlib
+    import json
+
+    digest = hashlib.sha256(json.dumps([str(part) for part in parts]).encode()).hexdigest()
+    return PREFIX + digest[:28]
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    parts=st.lists(
+        st.one_of(
+            st.integers(-(2**63), 2**63),
+            st.text(max_size=20),
+            st.text(alphabet=st.characters(min_codepoint=0, max_codepoint=0x80), max_size=12),
+            st.sampled_from(['"', "\\", "\x7f", "\x1f", " ", "~", "/", "é", "\u2028"]),
+        ),
+        min_size=1,
+        max_size=6,
+    )
+)
+def test_ids_are_sha256_of_the_parts_as_json(parts: list[object]) -> None:
+    assert client_order_id(*parts) == _reference_id(*parts)
+
+
+def test_known_ids_do_not_change() -> None:
+    # Pinned values: orders already at the exchange carry these.
+    signal = ("binance", "BTCUSDT", "1m", 1_767_225_660_000, 7, "enter")
+    assert client_order_id(*signal) == "oas-fcf6647b53c0612ff990e2bc61aa" == _reference_id(*signal)
+    assert client_order_id('a"b', "c\\d", "\x7f") == _reference_id('a"b', "c\\d", "\x7f")

@@ -20,6 +20,7 @@ import bisect
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
+from functools import cached_property
 from typing import overload
 
 import numpy as np
@@ -167,9 +168,12 @@ class BacktestSettings:
     terms: Mapping[int, RuleTerms] = field(default_factory=dict)
 
     def terms_for(self, rule_version: int) -> RuleTerms:
-        return self.terms.get(rule_version) or RuleTerms(
-            self.limits, self.sizing_quote, self.sizing_equity_pct
-        )
+        return self.terms.get(rule_version) or self.own_terms
+
+    @cached_property
+    def own_terms(self) -> RuleTerms:
+        """The terms of these settings themselves (made once: asked for at every decision)."""
+        return RuleTerms(self.limits, self.sizing_quote, self.sizing_equity_pct)
 
 
 @dataclass
@@ -212,6 +216,7 @@ class _Book:
     last_loss_ms: dict[str, int] = field(default_factory=dict)
     open_orders: list[SimOrder] = field(default_factory=list)
     sent: list[tuple[str, int]] = field(default_factory=list)  # (symbol, placed ms)
+    sent_ms: list[int] = field(default_factory=list)  # the placed ms of `sent`, to bisect on
 
 
 def canonical_order(events: Iterable[SignalEvent]) -> list[SignalEvent]:
@@ -299,11 +304,14 @@ def _settle(book: _Book, symbols: Mapping[str, MarketSymbol], settings: Backtest
 
 
 def _match(order: SimOrder, market: MarketSymbol, model: FillModel, now: int) -> ExecutedFill | None:
+    opens: list[int] = market._opens  # type: ignore[attr-defined]
+    index = market.first_from(order.placed_ms - order.placed_ms % MINUTE_MS)
+    if index >= len(opens) or opens[index] + MINUTE_MS > now:
+        return None  # no candle of its minute or after is over yet
     intent = OrderIntent(
         order.client_order_id, order.symbol, order.side, OrderType.MARKET, order.quantity, order.reference
     )
-    index = market.first_from(order.placed_ms - order.placed_ms % MINUTE_MS)
-    while index < len(market.minutes) and market.minutes[index].open_ms + MINUTE_MS <= now:
+    while index < len(opens) and opens[index] + MINUTE_MS <= now:
         minute = market.minutes[index]
         fill = model.on_candle(
             intent,
@@ -343,7 +351,7 @@ def _context(
     # `sent` grows in time order (each entry is stamped with the cycle's time, and cycles run in
     # time order), so the last minute's entries are its tail: found by bisection, not by a scan
     # of every order of the run (which made a year's replay quadratic in its orders).
-    first = bisect.bisect_right(book.sent, now - MINUTE_MS, key=lambda sent: sent[1])
+    first = bisect.bisect_right(book.sent_ms, now - MINUTE_MS)
     recent = book.sent[first:]
     return risk.RiskContext(
         now_ms=now,
@@ -462,6 +470,7 @@ def _place(
     )
     book.open_orders.append(order)
     book.sent.append((order.symbol, now))
+    book.sent_ms.append(now)
     return order
 
 

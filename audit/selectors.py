@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
+from audit.alerts import AlertLevel, alert_actions, alert_level
 from audit.chain import GENESIS_HASH, EventContent, event_hash
 from audit.models import AuditEvent
 
@@ -70,3 +71,16 @@ def _content_of(event: AuditEvent) -> EventContent:
 def latest_event(*, action: str) -> AuditEvent | None:
     """The newest event of `action`."""
     return AuditEvent.objects.filter(action=action).order_by("-seq").first()
+
+
+def alert_events(*, limit: int = 50) -> list[tuple[AuditEvent, AlertLevel]]:
+    """The newest alerts, newest first (events whose action and payload make them alerts)."""
+    found: list[tuple[AuditEvent, AlertLevel]] = []
+    queryset = AuditEvent.objects.filter(action__in=alert_actions()).order_by("-seq")
+    for event in queryset.iterator(chunk_size=200):
+        level = alert_level(event.action, event.payload)
+        if level is not None:
+            found.append((event, level))
+            if len(found) >= limit:
+                break
+    return found

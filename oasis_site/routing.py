@@ -2,8 +2,9 @@
 
 from django.urls import path
 
-from oasis_site.consumers import PingConsumer
+from oasis_site.consumers import LiveConsumer, PingConsumer
 
 websocket_urlpatterns = [
     path("ws/ping/", PingConsumer.as_asgi()),
+    path("ws/live/", LiveConsumer.as_asgi()),
 ]

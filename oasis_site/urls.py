@@ -11,6 +11,7 @@ admin.site.index_title = "Operations"
 urlpatterns = [
     path("healthz", views.healthz, name="healthz"),
     path("readyz", views.readyz, name="readyz"),
+    path("internal/broadcast", views.broadcast_relay, name="broadcast-relay"),
     path("", include("django_prometheus.urls")),
     path("admin/", admin.site.urls),
     path("trading/", include("trading.urls")),

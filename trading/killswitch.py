@@ -18,7 +18,7 @@ from trading.core.tripwires import Trip, is_stricter
 from trading.core.types import KillSwitchState
 from trading.models import KillSwitch
 
-BROADCAST_GROUP = "trading"
+BROADCAST_GROUP = "killswitch"
 
 
 class KillSwitchError(ValueError):

@@ -27,7 +27,7 @@ from trading.selectors import last_prices, latest_equity, position_state
 
 logger = structlog.get_logger(__name__)
 
-BROADCAST_GROUP = "trading"
+BROADCAST_GROUP = "orders"
 _ZERO = Decimal(0)
 # Transitions an exchange report may make. A final status only changes when the exchange's
 # truth contradicts what we concluded without it (reconciliation), which is audited as such.

@@ -10,6 +10,9 @@ from channels.testing import WebsocketCommunicator
 
 from oasis_site.asgi import application
 
+# The WebSocket stack's auth middleware may touch the database (session, user), as in production.
+pytestmark = pytest.mark.django_db
+
 
 def access_lines(caplog: pytest.LogCaptureFixture, event: str) -> list[dict[str, Any]]:
     return [

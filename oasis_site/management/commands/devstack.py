@@ -7,6 +7,7 @@ draining its buffers. If any child dies, the others are stopped and the exit cod
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -47,9 +48,18 @@ class Command(BaseCommand):
         signal.signal(signal.SIGINT, request_stop)
         signal.signal(signal.SIGTERM, request_stop)
 
-        def start(name: str, *arguments: str) -> None:
+        # Without Redis each process has its own in-memory channel layer: ingestion and trading
+        # post their WebSocket broadcasts to the web server's relay (oasis_site/broadcast.py).
+        relay_env = dict(os.environ)
+        if not settings.REDIS_URL:
+            relay_env["OASIS_BROADCAST_RELAY_URL"] = (
+                f"http://127.0.0.1:{settings.OASIS_PORT}/internal/broadcast"
+            )
+
+        def start(name: str, *arguments: str, relay: bool = False) -> None:
             # Our own manage.py commands with arguments we built: no untrusted input.
-            children.append((name, subprocess.Popen([sys.executable, MANAGE, *arguments])))  # noqa: S603
+            process = subprocess.Popen([sys.executable, MANAGE, *arguments], env=relay_env if relay else None)  # noqa: S603
+            children.append((name, process))
 
         try:
             if profile.name == "sim":
@@ -95,8 +105,9 @@ class Command(BaseCommand):
                 options["timeframes"],
                 "--lookback",
                 "300",
+                relay=True,
             )
-            start("trade", "trade", "--exchange", profile.name)
+            start("trade", "trade", "--exchange", profile.name, relay=True)
             start("web", "serve")
             while not stopping:
                 for name, child in children:

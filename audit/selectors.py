@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from datetime import datetime
+
+from django.db.models import QuerySet
 
 from audit.alerts import AlertLevel, alert_actions, alert_level
 from audit.chain import GENESIS_HASH, EventContent, event_hash
@@ -21,6 +24,33 @@ class ChainVerification:
     @property
     def intact(self) -> bool:
         return self.problem is None
+
+
+def audit_events_list(
+    *,
+    action: str | None = None,
+    actor: str | None = None,
+    object_type: str | None = None,
+    object_id: str | None = None,
+    start: datetime | None = None,
+    end: datetime | None = None,
+) -> QuerySet[AuditEvent]:
+    """Audit events filtered by any of: action (exact, or a prefix ending in "." such as
+    "trading."), actor, object and time (start … end, included); unordered: callers page."""
+    rows = AuditEvent.objects.all()
+    if action:
+        rows = rows.filter(action__startswith=action) if action.endswith(".") else rows.filter(action=action)
+    if actor:
+        rows = rows.filter(actor=actor)
+    if object_type:
+        rows = rows.filter(object_type=object_type)
+    if object_id:
+        rows = rows.filter(object_id=object_id)
+    if start is not None:
+        rows = rows.filter(created_at__gte=start)
+    if end is not None:
+        rows = rows.filter(created_at__lte=end)
+    return rows
 
 
 def audit_chain_verify(*, batch_size: int = 2000) -> ChainVerification:

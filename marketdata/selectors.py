@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from datetime import datetime
 
 from django.db import connection
-from django.db.models import Max
+from django.db.models import Max, QuerySet
 
 from marketdata.core.klines import Kline
 from marketdata.core.timeframes import Timeframe, ms_from_datetime, utc_from_ms
-from marketdata.models import Candle, Symbol
+from marketdata.models import Candle, Gap, Symbol
 
 
 def symbol_ids_by_name(*, exchange: str, names: Iterable[str] | None = None) -> dict[str, int]:
@@ -110,3 +111,59 @@ def candle_as_kline(candle: Candle, *, symbol: str) -> Kline:
         trades=candle.trade_count,
         closed=candle.is_closed,
     )
+
+
+def symbols_list(*, exchange: str | None = None, status: str | None = None) -> QuerySet[Symbol]:
+    """Symbols, optionally of one exchange and one status (unordered: the caller pages them)."""
+    rows = Symbol.objects.all()
+    if exchange:
+        rows = rows.filter(exchange=exchange)
+    if status:
+        rows = rows.filter(status=status)
+    return rows
+
+
+def symbol_find(*, exchange: str, name: str) -> Symbol | None:
+    """The symbol `name` (as the exchange spells it, any case) of `exchange`, or None."""
+    return Symbol.objects.filter(exchange=exchange, symbol=name.upper()).first()
+
+
+CANDLE_COLUMNS = (
+    "open_time",
+    "open",
+    "high",
+    "low",
+    "close",
+    "volume",
+    "quote_volume",
+    "trade_count",
+    "is_imputed",
+    "source",
+)
+
+
+def candles_in_range(
+    *, symbol_id: int, timeframe: Timeframe, start: datetime | None = None, end: datetime | None = None
+) -> QuerySet[Candle]:
+    """Closed candles of one stream with open time in [start, end] (either bound optional),
+    unordered: the caller orders and pages them by open time (the unique index's last column)."""
+    rows = Candle.objects.filter(symbol_id=symbol_id, timeframe=timeframe.value, is_closed=True)
+    if start is not None:
+        rows = rows.filter(open_time__gte=start)
+    if end is not None:
+        rows = rows.filter(open_time__lte=end)
+    return rows
+
+
+def gaps_list(
+    *, symbol_id: int | None = None, timeframe: str | None = None, status: str | None = None
+) -> QuerySet[Gap]:
+    """Recorded gaps, optionally of one symbol, timeframe and status, with their symbols."""
+    rows = Gap.objects.select_related("symbol")
+    if symbol_id is not None:
+        rows = rows.filter(symbol_id=symbol_id)
+    if timeframe:
+        rows = rows.filter(timeframe=timeframe)
+    if status:
+        rows = rows.filter(status=status)
+    return rows

@@ -11,6 +11,7 @@ and what is expected; `settings.py` turns that into a refusal to start.
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -58,6 +59,8 @@ KNOWN_VARIABLES: tuple[str, ...] = (
     "OASIS_FEE_BPS",
     "OASIS_SLIPPAGE_BPS",
     "OASIS_BROADCAST_RELAY_URL",
+    "OASIS_API_READ_RATE",
+    "OASIS_API_WRITE_RATE",
     # Exchange credentials (trading.credentials reads them; never logged or stored).
     *(
         f"OASIS_{name.upper()}_{kind}"
@@ -107,6 +110,9 @@ class Environment:
     # Without Redis (make run), the web process relays WebSocket broadcasts that other
     # processes post here (oasis_site/broadcast.py); None: the channel layer carries them.
     broadcast_relay_url: str | None = None
+    # REST API throttling: requests per client IP and per route, for reads (GET) and writes.
+    api_read_rate: str = "600/min"
+    api_write_rate: str = "60/min"
     var_dir: Path = field(repr=False, default=Path("var"))
 
     @property
@@ -257,6 +263,9 @@ def read_environment(environ: Mapping[str, str], *, base_dir: Path) -> Environme
                 f"OASIS_BROADCAST_RELAY_URL must point at this machine (127.0.0.1); got host {relay_host!r}"
             )
 
+    api_read_rate = _parse_rate("OASIS_API_READ_RATE", get("OASIS_API_READ_RATE"), default="600/min")
+    api_write_rate = _parse_rate("OASIS_API_WRITE_RATE", get("OASIS_API_WRITE_RATE"), default="60/min")
+
     return Environment(
         name=env_name,
         debug=debug,
@@ -282,6 +291,8 @@ def read_environment(environ: Mapping[str, str], *, base_dir: Path) -> Environme
         fee_bps=fee_bps,
         slippage_bps=slippage_bps,
         broadcast_relay_url=broadcast_relay_url,
+        api_read_rate=api_read_rate,
+        api_write_rate=api_write_rate,
         var_dir=var_dir,
     )
 
@@ -382,6 +393,17 @@ def _parse_decimal(name: str, value: str | None, *, default: str, high: int) -> 
     if not number.is_finite() or not 0 <= number <= high:
         raise ConfigurationError(f"{name} must be between 0 and {high}; got {text!r}")
     return number
+
+
+_RATE_RE = re.compile(r"([1-9][0-9]{0,6})/(s|sec|second|m|min|minute|h|hour|d|day)")
+
+
+def _parse_rate(name: str, value: str | None, *, default: str) -> str:
+    """A throttle rate as DRF reads it: <requests>/<period>, the period one of s, min, hour, day."""
+    text = default if value is None else value.replace(" ", "")
+    if not _RATE_RE.fullmatch(text):
+        raise ConfigurationError(f"{name} must be <requests>/<s|min|hour|day>, e.g. {default}; got {text!r}")
+    return text
 
 
 def _parse_int(name: str, value: str | None, *, default: int, low: int, high: int) -> int:

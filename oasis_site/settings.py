@@ -68,6 +68,8 @@ INSTALLED_APPS = [
     "corsheaders",
     "django_prometheus",
     "rest_framework",
+    "rest_framework.authtoken",
+    "drf_spectacular",
     "waffle",
     "oasis_site",
     "audit",
@@ -217,6 +219,37 @@ if ENV.is_prod:
 SILENCED_SYSTEM_CHECKS = ["security.W021"]
 
 LOGGING = logging_config(log_format=ENV.log_format, level=ENV.log_level)
+
+# REST API (/api/v1/, oasis_site/api/ and each app's api/): token or admin-session auth, required
+# only while the api_auth_required flag is on (oasis_site.api.access); throttled per client IP and
+# per route in the cache above (Redis when REDIS_URL is set); 400s name the parameter at fault.
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["oasis_site.api.access.ApiAccess"],
+    "DEFAULT_THROTTLE_CLASSES": ["oasis_site.api.throttles.RouteIPThrottle"],
+    "DEFAULT_THROTTLE_RATES": {"read": ENV.api_read_rate, "write": ENV.api_write_rate},
+    # The client address is REMOTE_ADDR: daphne's --proxy-headers sets it behind a proxy; a
+    # client's own X-Forwarded-For is never believed.
+    "NUM_PROXIES": 0,
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "EXCEPTION_HANDLER": "oasis_site.api.errors.api_exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Oasis API",
+    "DESCRIPTION": (
+        "Market data, rules, signals, orders, positions, the kill switch, backtests and the audit log. "
+        "Prices and quantities are decimal strings, exactly as stored; times are ISO 8601 UTC."
+    ),
+    "VERSION": "1",
+    "SCHEMA_PATH_PREFIX": "/api/v1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "COMPONENT_SPLIT_REQUEST": True,
+}
 
 WAFFLE_FLAG_DEFAULT = False
 WAFFLE_SWITCH_DEFAULT = False

@@ -15,6 +15,7 @@ urlpatterns = [
     path("", include("django_prometheus.urls")),
     path("admin/", admin.site.urls),
     path("trading/", include("trading.urls")),
+    path("api/v1/", include("oasis_site.api.urls")),
     # Until the dashboard lands, the front door is the admin.
     path("", RedirectView.as_view(pattern_name="admin:index", permanent=False), name="home"),
 ]

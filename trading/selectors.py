@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 
-from django.db.models import Max, OuterRef, Q, Subquery
+from django.db.models import Max, OuterRef, Prefetch, Q, QuerySet, Subquery
 
 from marketdata.core.timeframes import Timeframe, ms_from_datetime
 from marketdata.fields import AsNumber, ExactDecimalField
@@ -15,7 +15,7 @@ from marketdata.models import Candle, Symbol
 from rules.models import Signal
 from trading.core.positions import PositionState
 from trading.core.types import KillSwitchState, OrderReport, OrderStatus, OrderType, Side, SymbolFilters
-from trading.models import Balance, EquitySnapshot, KillSwitch, Order, Position
+from trading.models import BacktestRun, Balance, EquitySnapshot, Fill, KillSwitch, Order, Position
 
 OPEN_STATUSES = (OrderStatus.NEW, OrderStatus.SUBMITTED, OrderStatus.PARTIALLY_FILLED)
 
@@ -216,3 +216,61 @@ def order_as_report(order: Order) -> OrderReport:
         average_price=order.average_price,
         updated_ms=ms_from_datetime(order.updated_at),
     )
+
+
+def orders_list(
+    *,
+    mode: str | None = None,
+    status: str | None = None,
+    symbol_id: int | None = None,
+    start: datetime | None = None,
+    end: datetime | None = None,
+) -> QuerySet[Order]:
+    """Orders with their symbols and rule versions, filtered by any of: mode, status, symbol and
+    creation time (start … end, included)."""
+    rows = Order.objects.select_related("symbol", "rule_version__config")
+    if mode:
+        rows = rows.filter(mode=mode)
+    if status:
+        rows = rows.filter(status=status)
+    if symbol_id is not None:
+        rows = rows.filter(symbol_id=symbol_id)
+    if start is not None:
+        rows = rows.filter(created_at__gte=start)
+    if end is not None:
+        rows = rows.filter(created_at__lte=end)
+    return rows
+
+
+def order_get(*, order_id: int) -> Order | None:
+    """One order with its symbol, rule version and fills (oldest first)."""
+    return (
+        Order.objects.select_related("symbol", "rule_version__config")
+        .prefetch_related(Prefetch("fills", queryset=Fill.objects.order_by("executed_at", "id")))
+        .filter(pk=order_id)
+        .first()
+    )
+
+
+def positions_list(*, mode: str | None = None, open_only: bool = False) -> QuerySet[Position]:
+    """Positions with their symbols; `open_only`: those holding a quantity."""
+    rows = Position.objects.select_related("symbol")
+    if mode:
+        rows = rows.filter(mode=mode)
+    if open_only:
+        rows = rows.exclude(quantity=0)
+    return rows
+
+
+def backtests_list(*, status: str | None = None, rule_id: int | None = None) -> QuerySet[BacktestRun]:
+    """Backtest runs with their rule versions, without their results (the detail has them)."""
+    rows = BacktestRun.objects.select_related("rule_version__config").defer("results")
+    if status:
+        rows = rows.filter(status=status)
+    if rule_id is not None:
+        rows = rows.filter(rule_version__config_id=rule_id)
+    return rows
+
+
+def backtest_get(*, run_id: int) -> BacktestRun | None:
+    return BacktestRun.objects.select_related("rule_version__config").filter(pk=run_id).first()

@@ -1,0 +1,1 @@
+"""REST API of the audit log: its events, read only (under /api/v1/)."""

@@ -1,0 +1,1 @@
+"""REST API of trading: orders, positions, the kill switch and backtests (under /api/v1/)."""

@@ -51,6 +51,12 @@ OASIS_BROADCAST_RELAY_URL = ENV.broadcast_relay_url
 OASIS_WS_MAX_SUBSCRIPTIONS = 64
 OASIS_WS_MAX_MESSAGES_PER_S = 20
 OASIS_WS_MAX_MESSAGE_BYTES = 4096
+# The operations page reads buffer lag and reconnects from the ingest and trade processes'
+# own /metrics (their ports as `make run` and deploy/ start them).
+OASIS_PROCESS_METRICS_URLS = {
+    "ingest": "http://127.0.0.1:9101/metrics",
+    "trade": "http://127.0.0.1:9102/metrics",
+}
 
 SECRET_KEY = ENV.secret_key
 DEBUG = ENV.debug

@@ -1,6 +1,5 @@
 from django.contrib import admin
 from django.urls import include, path
-from django.views.generic import RedirectView
 
 from oasis_site import views
 
@@ -14,8 +13,8 @@ urlpatterns = [
     path("internal/broadcast", views.broadcast_relay, name="broadcast-relay"),
     path("", include("django_prometheus.urls")),
     path("admin/", admin.site.urls),
+    # The dashboard first: its "trading/" page is exact, the trading app's pages are below it.
+    path("", include("oasis_site.dashboard.urls")),
     path("trading/", include("trading.urls")),
     path("api/v1/", include("oasis_site.api.urls")),
-    # Until the dashboard lands, the front door is the admin.
-    path("", RedirectView.as_view(pattern_name="admin:index", permanent=False), name="home"),
 ]

@@ -76,10 +76,11 @@ def test_metrics_in_prometheus_text_format(client: Client):
     assert 'view="healthz"' in text
 
 
-def test_front_door_leads_to_the_admin(client: Client):
+@pytest.mark.django_db
+def test_front_door_is_the_dashboard_overview(client: Client):
     response = client.get("/")
-    assert response.status_code == 302
-    assert response["Location"] == "/admin/"
+    assert response.status_code == 200
+    assert 'id="overview-data"' in response.content.decode()
 
 
 def test_admin_requires_login_and_is_branded(client: Client):

@@ -1,0 +1,1 @@
+"""The operators' live dashboard: server-rendered pages that update over /ws/live/."""

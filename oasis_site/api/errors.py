@@ -11,8 +11,9 @@ from typing import Any
 
 from rest_framework import exceptions, status
 from rest_framework.renderers import JSONRenderer
+from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.views import exception_handler
+from rest_framework.views import APIView, exception_handler
 
 
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
@@ -45,3 +46,14 @@ def _messages(value: Any) -> list[str]:
 def invalid(parameter: str, message: str) -> exceptions.ValidationError:
     """A 400 naming `parameter`."""
     return exceptions.ValidationError({parameter: [message]})
+
+
+class ApiNotFound(APIView):
+    """Every method of a path the API does not have: 404 {"detail": ...}."""
+
+    schema = None  # not an operation of the schema
+
+    def _not_found(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        raise exceptions.NotFound(f"no such endpoint: {request.path}")
+
+    get = post = put = patch = delete = head = options = _not_found

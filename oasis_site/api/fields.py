@@ -7,7 +7,6 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
@@ -37,7 +36,14 @@ class ExactDecimalField(serializers.Field):  # type: ignore[type-arg]
         return Decimal(data)
 
 
-@extend_schema_field(OpenApiTypes.STR)
+@extend_schema_field(
+    {
+        "type": "string",
+        "format": "date-time",
+        "description": "ISO 8601 with a UTC offset, or epoch milliseconds.",
+        "example": "2026-03-01T00:00:00Z",
+    }
+)
 class UtcTimeField(serializers.Field):  # type: ignore[type-arg]
     """A moment given as ISO 8601 with its offset ("2026-01-01T00:00:00Z") or as epoch
     milliseconds ("1767225600000"); always a timezone-aware UTC datetime inside."""

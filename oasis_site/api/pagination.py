@@ -114,8 +114,12 @@ class PageParameters(serializers.Serializer):  # type: ignore[type-arg]
     default_limit = 100
     max_limit = 1000
 
-    cursor = serializers.CharField(
-        required=False, allow_blank=True, max_length=200, help_text="From the previous page's `next`."
+    cursor = serializers.RegexField(
+        r"^[A-Za-z0-9_-]*$",
+        required=False,
+        allow_blank=True,
+        max_length=200,
+        help_text="From the previous page's `next` (opaque).",
     )
     limit = serializers.IntegerField(required=False, min_value=1, help_text="Rows per page.")
 

@@ -126,7 +126,9 @@ class IndicatorInput(serializers.Serializer):  # type: ignore[type-arg]
     d_period = _period("stoch (3).")
     start = UtcTimeField(required=False, help_text="First open time: ISO 8601 or epoch ms.")
     end = UtcTimeField(required=False, help_text="Last open time, included.")
-    cursor = serializers.CharField(required=False, allow_blank=True, max_length=200)
+    cursor = serializers.RegexField(
+        r"^[A-Za-z0-9_-]*$", required=False, allow_blank=True, max_length=200, help_text="From `next`."
+    )
     limit = serializers.IntegerField(
         required=False, min_value=1, help_text="Rows (default 500, at most 1000)."
     )

@@ -271,9 +271,11 @@ class IndicatorApi(APIView):
         try:
             indicator = indicator_for(IndicatorDecl(kind, params))
         except ValueError as error:
-            named = str(error).split(" ", 1)[0]
+            message = str(error)
+            # "fast must be shorter than slow" is put on slow, as the spec puts it.
+            named = "slow" if "than slow" in message else message.split(" ", 1)[0]
             name = _ENGINE_NAMES.get(named, named)
-            raise invalid(name if name in params else "kind", str(error)) from None
+            raise invalid(name if name in params else "kind", message) from None
         symbol = _symbol(data.get("exchange"), data["symbol"])
         start = data.get("start")
         if data.get("cursor"):

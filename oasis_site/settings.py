@@ -254,6 +254,7 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1",
     "SCHEMA_PATH_PREFIX": "/api/v1",
     "SERVE_INCLUDE_SCHEMA": False,
+    "SERVE_PERMISSIONS": ["oasis_site.api.access.ApiAccess"],
     "COMPONENT_SPLIT_REQUEST": True,
 }
 

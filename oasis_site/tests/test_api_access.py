@@ -119,7 +119,7 @@ def test_throttle_counts_live_in_redis_where_every_web_process_sees_them(tight):
     client = APIClient()
     for _ in range(3):
         client.get(KILLSWITCH)
-    keys = redis.Redis.from_url(django_settings.REDIS_URL).keys("*api-throttle:read:*killswitch/*")
+    keys = redis.Redis.from_url(str(django_settings.REDIS_URL)).keys("*api-throttle:read:*killswitch/*")
     assert len(keys) == 1
     # Another process (here: another cache connection) sees the same count and refuses.
     cache.close()

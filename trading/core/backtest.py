@@ -43,6 +43,7 @@ from trading.core.types import (
 
 MINUTE_MS = 60_000
 _ZERO = Decimal(0)
+_FLAT = PositionState()  # a symbol never traded (immutable: one for all)
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,7 @@ class MinuteColumns(Sequence[Minute]):
         self.close = close
         self._exact = exact
         self._last: Minute | None = None  # the engine often reads one minute twice in a row
-        self._last_index = -1
+        self._last_index: int | None = None  # not -1: a read of minutes[-1] is not cached
 
     def __len__(self) -> int:
         return int(self.open_ms.size)
@@ -90,9 +91,12 @@ class MinuteColumns(Sequence[Minute]):
     def __getitem__(self, index: slice) -> list[Minute]: ...
 
     def __getitem__(self, index: int | slice) -> Minute | list[Minute]:
+        if index == self._last_index:  # before anything else: the engine's most frequent read
+            assert self._last is not None
+            return self._last
         if isinstance(index, slice):
             return [self[i] for i in range(*index.indices(len(self)))]
-        count = len(self)
+        count = self.open_ms.size
         if index < 0:
             index += count
         if not 0 <= index < count:
@@ -289,7 +293,7 @@ def _settle(book: _Book, symbols: Mapping[str, MarketSymbol], settings: Backtest
             still.append(order)
             continue
         order.fill, order.status = fill, OrderStatus.FILLED
-        state = book.positions.get(order.symbol, PositionState())
+        state = book.positions.get(order.symbol, _FLAT)
         after = apply_fill(state, order.side, fill, quote_asset=market.quote)
         book.positions[order.symbol] = after
         book.last_trade_ms[order.symbol] = fill.time_ms
@@ -346,7 +350,7 @@ def _context(
             last = symbols[name].last_closed(now)
             mark = last.close if last else state.average_price
         exposure += state.quantity * mark
-    held = book.positions.get(symbol, PositionState())
+    held = book.positions.get(symbol, _FLAT)
     market = symbols[symbol]
     # `sent` grows in time order (each entry is stamped with the cycle's time, and cycles run in
     # time order), so the last minute's entries are its tail: found by bisection, not by a scan
@@ -379,7 +383,7 @@ def _decide(
     now: int,
     orders: list[SimOrder],
 ) -> Decision | None:
-    held = book.positions.get(event.symbol, PositionState())
+    held = book.positions.get(event.symbol, _FLAT)
     side = decisions.triage(
         decisions.SignalFacts(
             action=event.action,

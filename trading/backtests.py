@@ -17,15 +17,17 @@ ORM, a Decimal and a datetime a value, took seconds before any backtesting (docs
 from __future__ import annotations
 
 import gc
-from collections.abc import Callable, Iterator, Sequence
+import itertools
+from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
+import psycopg
 from django.conf import settings as django_settings
 from django.db import connection
 from django.utils import timezone
@@ -43,7 +45,6 @@ from trading.models import BacktestRun
 from trading.selectors import symbol_filters
 
 WARMUP_CANDLES = 500  # as the live evaluator's rebuild (rules.evaluation.REBUILD_CANDLES)
-MAX_IMPUTED_PCT = Decimal(1)
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 
@@ -64,7 +65,8 @@ class BacktestRequest:
     slippage_bps: Decimal | None = None  # None: OASIS_SLIPPAGE_BPS
     opening_balance: Decimal = Decimal(10_000)
     exchange: str | None = None  # None: OASIS_EXCHANGE
-    max_imputed_pct: Decimal = MAX_IMPUTED_PCT
+    # None: the rule version's drift_tolerance.imputed_pct (1 % unless its spec says otherwise)
+    max_imputed_pct: Decimal | None = None
 
 
 @dataclass(frozen=True)
@@ -208,11 +210,16 @@ def _plan(request: BacktestRequest) -> _Plan:
             f"{until.isoformat()}: backfill them first (manage.py backfill)"
         )
     imputed = sum(n for _, n in counts.values())
-    if total and Decimal(imputed) * 100 / total > request.max_imputed_pct:
+    if request.max_imputed_pct is not None:
+        most, whose = request.max_imputed_pct, "the request"
+    else:
+        most = spec.drift_tolerance.imputed_pct
+        whose = f"version {version.number} of {config.name!r} (drift_tolerance.imputed_pct)"
+    if total and Decimal(imputed) * 100 / total > most:
         share = Decimal(imputed) * 100 / total
         raise BacktestInputError(
             f"{imputed} of {total} 1m candles in the range are imputed ({share:.2f} %), more than the "
-            f"{request.max_imputed_pct} % allowed: a backtest on them would measure the imputation"
+            f"{most} % {whose} allows: a backtest on them would measure the imputation"
         )
     return _Plan(
         version=version,
@@ -380,15 +387,19 @@ def signal_events(
 Int64s = npt.NDArray[np.int64]
 Floats = npt.NDArray[np.float64]
 _PG_EPOCH_MS = 946_684_800_000  # PostgreSQL's binary timestamps count µs from 2000-01-01 UTC
-_STORED_SQL = """
+_STORED_TEMPLATE = """
 SELECT string_agg(timestamptz_send(open_time) || boolsend(is_closed) || boolsend(is_imputed), ''::bytea),
        string_agg(concat_ws(E'\\t', open, high, low, close, volume), E'\\n')
 FROM (
     SELECT open_time, is_closed, is_imputed, open, high, low, close, volume FROM marketdata_candle
-    WHERE symbol_id = %s AND timeframe = %s AND open_time >= %s AND open_time < %s
+    WHERE symbol_id = {} AND timeframe = {} AND open_time >= {} AND open_time < {}
     ORDER BY open_time
 ) AS stored
 """
+_STORED_SQL = _STORED_TEMPLATE.format("%s", "%s", "%s", "%s")  # Django's cursor
+_PART_SQL = _STORED_TEMPLATE.format(
+    "$1::bigint", "$2", "$3::timestamptz", "$4::timestamptz"
+).encode()  # libpq's
 _HEAD = np.dtype([("open_time_us", ">i8"), ("closed", "?"), ("imputed", "?")])
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -460,29 +471,28 @@ def _stored_candles(
     """Candles opening in [since, until), in time order."""
     if connection.vendor != "postgresql":
         return _stored_candles_orm(symbol_id, timeframe, since, until)
-    # One statement, one row: the fixed-width columns as one binary string (read with numpy in
-    # place), the decimals as one text. Row by row (the ORM, or COPY, which libpq hands over a
-    # row at a time) a year costs seconds in Python before any backtesting.
-    with connection.cursor() as cursor:
-        cursor.execute(_STORED_SQL, [symbol_id, timeframe.value, since, until])
-        head, text = cursor.fetchone()
-    if head is None:
+    # One row a span: the fixed-width columns as one binary string (read with numpy in place),
+    # the decimals as one text. Row by row (the ORM, or COPY, which libpq hands over a row at a
+    # time) a year costs seconds in Python before any backtesting.
+    reading = _stored_parts(symbol_id, timeframe, since, until)
+    try:
+        read = [_parse_part(head, text) for head, text in reading]
+    finally:
+        reading.close()  # now, not when the traceback goes: a part may be in flight
+    parts = [part for part in read if part is not None]
+    if not parts:
         return _StoredCandles.of_columns(
             np.empty(0, np.int64), np.empty((2, 0), bool), np.empty((5, 0)), _no_row
         )
-    fixed = np.frombuffer(head, dtype=_HEAD)
-    open_ms = fixed["open_time_us"].astype(np.int64) // 1000 + _PG_EPOCH_MS
-    flags = np.stack([fixed["closed"], fixed["imputed"]])
+    open_ms = np.concatenate([part.open_ms for part in parts])
+    flags = np.concatenate([part.flags for part in parts], axis=1)
+    values = np.concatenate([part.values for part in parts], axis=1)
+    text = b"\n".join(part.text for part in parts)
+    # Each part's lines, where they sit in the joined text.
+    shifts = np.cumsum([0] + [len(part.text) + 1 for part in parts[:-1]])
     count = open_ms.size
-    # numeric_out writes plain digits (no exponent, no spaces), tab- and newline-separated;
-    # numpy reads them with the correctly rounded conversion Python's float() uses.
-    values = np.fromstring(text, dtype=np.float64, sep=" ")
-    if values.size != count * 5:
-        raise ValueError(f"read {values.size} numbers for {count} candles of symbol {symbol_id}")
-    values = np.ascontiguousarray(values.reshape(count, 5).T)  # one contiguous array a column
-    breaks = np.flatnonzero(np.frombuffer(text.encode("ascii"), dtype=np.uint8) == 10)
-    starts: list[int] = np.concatenate([[0], breaks + 1]).tolist()
-    ends: list[int] = np.append(breaks, len(text)).tolist()
+    starts: list[int] = np.concatenate([p.starts + at for p, at in zip(parts, shifts, strict=True)]).tolist()
+    ends: list[int] = np.concatenate([p.ends + at for p, at in zip(parts, shifts, strict=True)]).tolist()
     if count > 1 and not bool(np.all(np.diff(open_ms) > 0)):
         # The subquery's order is what PostgreSQL feeds an aggregate in practice, not a promise:
         # should it ever differ, put the rows (and their lines) in order here.
@@ -491,13 +501,101 @@ def _stored_candles(
         starts, ends = [starts[i] for i in order], [ends[i] for i in order]
 
     def exact_row(row: int) -> tuple[Decimal, Decimal, Decimal, Decimal]:
-        o, h, low, c, _ = text[starts[row] : ends[row]].split("\t")
+        o, h, low, c, _ = text[starts[row] : ends[row]].decode("ascii").split("\t")
         return Decimal(o), Decimal(h), Decimal(low), Decimal(c)
 
     def exact_close(row: int) -> Decimal:
-        return Decimal(text[starts[row] : ends[row]].split("\t", 4)[3])
+        return Decimal(text[starts[row] : ends[row]].decode("ascii").split("\t", 4)[3])
 
     return _StoredCandles.of_columns(open_ms, flags, values, exact_row, exact_close)
+
+
+_PART_MINUTES = 120_000  # a span read in parts of about this many minutes (a year: 4)
+
+
+def _stored_parts(
+    symbol_id: int, timeframe: Timeframe, since: datetime, until: datetime
+) -> Generator[tuple[bytes | None, bytes | None], None, None]:
+    """The span's (head, text) in time order, one pair a part. A long span is read in parts,
+    each asked for before the previous one is parsed: PostgreSQL builds the next part while
+    this process parses the last (the server's share of a year's read, 0.45 s, is most of it).
+
+    libpq runs one statement at a time per connection but does not make the client wait for
+    it: the next part is sent with the connection's own libpq handle (Django's cursor, which
+    waits for each result, cannot overlap), on the same connection and so in the same
+    transaction as everything else. Such statements do not appear in Django's query log."""
+    span_minutes = (until - since) // timedelta(minutes=1)
+    count = max(1, min(8, span_minutes // _PART_MINUTES))
+    bounds = [since + (until - since) * i / count for i in range(count)] + [until]
+    connection.ensure_connection()
+    pgconn = getattr(connection.connection, "pgconn", None)
+    if count == 1 or pgconn is None:  # one statement through Django's cursor
+        with connection.cursor() as cursor:
+            for low, high in itertools.pairwise(bounds):
+                cursor.execute(_STORED_SQL, [symbol_id, timeframe.value, low, high])
+                head, text = cursor.fetchone()
+                yield head, None if text is None else text.encode("ascii")
+        return
+
+    def send(index: int) -> None:
+        low, high = bounds[index], bounds[index + 1]
+        parameters = [str(symbol_id), timeframe.value, low.isoformat(), high.isoformat()]
+        pgconn.send_query_params(_PART_SQL, [p.encode() for p in parameters], result_format=1)
+
+    def receive() -> tuple[bytes | None, bytes | None]:
+        result, error = pgconn.get_result(), ""
+        while result is not None:  # one result, then None: the statement is over
+            if result.status != psycopg.pq.ExecStatus.TUPLES_OK:
+                error = (result.error_message or b"").decode(errors="replace")
+            else:
+                head, text = result.get_value(0, 0), result.get_value(0, 1)
+            result = pgconn.get_result()
+        if error:
+            raise psycopg.DatabaseError(f"reading candles of symbol {symbol_id}: {error}")
+        return head, text
+
+    send(0)
+    in_flight = True
+    try:
+        for index in range(count):
+            head, text = receive()
+            in_flight = False
+            if index + 1 < count:
+                send(index + 1)
+                in_flight = True
+            yield head, text
+    finally:
+        if in_flight:  # abandoned (an error while parsing): leave the connection idle
+            receive()
+
+
+class _Part(NamedTuple):
+    open_ms: Int64s
+    flags: npt.NDArray[np.bool_]  # (2, rows): is_closed, is_imputed
+    values: Floats  # (5, rows): open, high, low, close, volume
+    text: bytes  # the decimals as stored, a line a row
+    starts: Int64s  # where each row's line starts in `text`
+    ends: Int64s  # and ends
+
+
+def _parse_part(head: bytes | None, text: bytes | None) -> _Part | None:
+    """One part of a read as columns; None for a part with no candle."""
+    if head is None or text is None:
+        return None
+    fixed = np.frombuffer(head, dtype=_HEAD)
+    open_ms = fixed["open_time_us"].astype(np.int64) // 1000 + _PG_EPOCH_MS
+    flags = np.stack([fixed["closed"], fixed["imputed"]])
+    count = open_ms.size
+    # numeric_out writes plain digits (no exponent, no spaces), tab- and newline-separated;
+    # numpy reads them with the correctly rounded conversion Python's float() uses.
+    values = np.fromstring(text, dtype=np.float64, sep=" ")
+    if values.size != count * 5:
+        raise ValueError(f"read {values.size} numbers for {count} candles")
+    values = np.ascontiguousarray(values.reshape(count, 5).T)  # one contiguous array a column
+    breaks = np.flatnonzero(np.frombuffer(text, dtype=np.uint8) == 10)
+    starts = np.concatenate([np.zeros(1, np.int64), breaks + 1])
+    ends = np.append(breaks, len(text)).astype(np.int64)
+    return _Part(open_ms, flags, values, text, starts, ends)
 
 
 def _stored_candles_orm(

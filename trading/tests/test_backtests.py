@@ -9,10 +9,12 @@ from decimal import Decimal
 from io import StringIO
 from typing import Any
 
+import numpy as np
 import pytest
 from django.contrib.staticfiles import finders
 from django.core.management import CommandError, call_command
 
+from marketdata.core.timeframes import Timeframe
 from marketdata.models import Candle, Symbol
 from marketdata.services import CandleWrite, candles_upsert_closed
 from marketdata.tests.factories import SymbolFactory
@@ -183,3 +185,93 @@ def test_the_report_draws_candles_entries_exits_equity_and_drawdown(
     changelist = admin_client.get("/admin/trading/backtestrun/").content.decode()
     assert f"/trading/backtests/{run.pk}/report/" in changelist
     assert client.get(f"/trading/backtests/{run.pk}/report/").status_code == 302  # staff only
+
+
+def _impute_first(symbol: Symbol, since: datetime, count: int) -> None:
+    chosen = Candle.objects.filter(symbol=symbol, timeframe="1m", open_time__gte=since).order_by("open_time")[
+        :count
+    ]
+    Candle.objects.filter(pk__in=[c.pk for c in chosen]).update(is_imputed=True, imputed_inputs=1)
+
+
+def _strict_rule(imputed_pct: str) -> None:
+    spec = {**SPEC, "drift_tolerance": {"imputed_pct": imputed_pct}}
+    config = rule_config_create(
+        name="strict", description="", symbols=["BTCUSDT"], spec=spec, author="system:test"
+    )
+    rule_version_activate(version=config.versions.get(), actor="system:test")
+
+
+def test_the_rules_imputed_tolerance_refuses_a_range_the_default_would_take(
+    history: tuple[Symbol, datetime, datetime],
+) -> None:
+    symbol, first, end = history
+    _strict_rule("0.5")
+    _impute_first(symbol, first + timedelta(minutes=100), 10)  # 10 of 1,400: 0.71 %
+    run, _ = backtest_run(request=request(first, end), actor="system:test")  # "ema": 1 % by default
+    assert run.status == BacktestRun.Status.SUCCEEDED
+    with pytest.raises(BacktestInputError) as refused:
+        backtest_run(request=request(first, end, rule="strict"), actor="system:test")
+    assert str(refused.value) == (
+        "10 of 1400 1m candles in the range are imputed (0.71 %), more than the 0.5 % version 1 of "
+        "'strict' (drift_tolerance.imputed_pct) allows: a backtest on them would measure the imputation"
+    )
+    assert not BacktestRun.objects.filter(rule_version__config__name="strict").exists()
+    # The request's own limit, when given, is the one that applies.
+    run, _ = backtest_run(request=request(first, end, rule="strict", max_imputed_pct=Decimal(1)), actor="t")
+    assert run.status == BacktestRun.Status.SUCCEEDED
+    assert run.imputed_candles == 10
+    with pytest.raises(BacktestInputError, match=r"more than the 0.1 % the request allows"):
+        backtest_run(request=request(first, end, max_imputed_pct=Decimal("0.1")), actor="system:test")
+
+
+def test_a_looser_rule_tolerance_takes_more_imputed_candles(
+    history: tuple[Symbol, datetime, datetime],
+) -> None:
+    symbol, first, end = history
+    _strict_rule("2")
+    _impute_first(symbol, first + timedelta(minutes=100), 20)  # 1.43 %: over the default 1 %
+    with pytest.raises(BacktestInputError, match=r"more than the 1 % version 1 of 'ema'"):
+        backtest_run(request=request(first, end), actor="system:test")
+    run, _ = backtest_run(request=request(first, end, rule="strict"), actor="system:test")
+    assert run.status == BacktestRun.Status.SUCCEEDED
+    assert run.imputed_candles == 20
+
+
+def test_a_long_span_read_in_parts_is_the_same_read(
+    history: tuple[Symbol, datetime, datetime], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On PostgreSQL a long span is read in parts, each asked for while the previous one is
+    parsed: the columns and exact prices are those of a read in one statement, a part with no
+    candle included, and a read abandoned half-way leaves the connection usable."""
+    from django.db import connection
+
+    from trading import backtests
+
+    if connection.vendor != "postgresql":
+        pytest.skip("the parts are PostgreSQL's")
+    symbol, first, end = history
+    Candle.objects.filter(
+        symbol=symbol,
+        open_time__gte=first + timedelta(minutes=550),
+        open_time__lt=first + timedelta(minutes=1000),
+    ).delete()
+    since, until = first - timedelta(minutes=7), end + timedelta(minutes=3)
+    whole = backtests._stored_candles(symbol.pk, Timeframe.M1, since=since, until=until)
+    monkeypatch.setattr(backtests, "_PART_MINUTES", 180)  # 8 parts of 189 minutes, two of them empty
+    read = list(backtests._stored_parts(symbol.pk, Timeframe.M1, since, until))
+    assert len(read) == 8
+    assert sum(head is None for head, _ in read) == 2
+    parts = backtests._stored_candles(symbol.pk, Timeframe.M1, since=since, until=until)
+    assert parts.open_ms.size == ROWS - 450
+    for column in ("open_ms", "closed", "imputed", "open", "high", "low", "close", "volume"):
+        assert np.array_equal(getattr(parts, column), getattr(whole, column)), column
+    for row in range(parts.open_ms.size):
+        assert parts.exact(row) == whole.exact(row)
+        assert parts.exact(row)[3] == parts.exact_close(row)
+        assert str(parts.exact(row)[0]) == str(whole.exact(row)[0])  # the stored digits, exponent kept
+
+    reading = backtests._stored_parts(symbol.pk, Timeframe.M1, since, until)
+    next(reading)
+    reading.close()  # the next part was in flight
+    assert Candle.objects.filter(symbol=symbol).count() == ROWS - 450

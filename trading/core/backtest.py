@@ -44,6 +44,8 @@ from trading.core.types import (
 MINUTE_MS = 60_000
 _ZERO = Decimal(0)
 _FLAT = PositionState()  # a symbol never traded (immutable: one for all)
+_NO_SIDES: frozenset[Side] = frozenset()
+_NO_EVENTS: list[SignalEvent] = []  # read only
 
 
 @dataclass(frozen=True)
@@ -270,7 +272,8 @@ def run(
         cycles.update(range(first, last_cycle + 1, MINUTE_MS))
     for now in sorted(cycles):
         _settle(book, symbols, settings, now)
-        queue = waiting + by_time.get(now, [])
+        arrived = by_time.get(now, _NO_EVENTS)
+        queue = waiting + arrived if waiting else arrived
         waiting = []
         for index, event in enumerate(queue):
             outcome = _decide(event, book, symbols, settings, now, orders)
@@ -285,6 +288,8 @@ def run(
 
 
 def _settle(book: _Book, symbols: Mapping[str, MarketSymbol], settings: BacktestSettings, now: int) -> None:
+    if not book.open_orders:
+        return
     still: list[SimOrder] = []
     for order in book.open_orders:
         market = symbols[order.symbol]
@@ -392,7 +397,9 @@ def _decide(
             now_ms=now,
             reference=event.reference,
             position_quantity=held.quantity,
-            pending=frozenset(o.side for o in book.open_orders if o.symbol == event.symbol),
+            pending=frozenset(o.side for o in book.open_orders if o.symbol == event.symbol)
+            if book.open_orders
+            else _NO_SIDES,
             max_age_s=settings.max_signal_age_s,
         )
     )

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from datetime import datetime
+from typing import Any
 
 from django.db import connection
-from django.db.models import Max, QuerySet
+from django.db.models import Max, QuerySet, TextField
+from django.db.models.functions import Cast
 
 from marketdata.core.klines import Kline
 from marketdata.core.timeframes import Timeframe, ms_from_datetime, utc_from_ms
@@ -153,6 +155,25 @@ def candles_in_range(
     if end is not None:
         rows = rows.filter(open_time__lte=end)
     return rows
+
+
+_PRICE_COLUMNS = ("open", "high", "low", "close", "volume", "quote_volume")
+
+
+def candle_rows_as_text(
+    *, symbol_id: int, timeframe: Timeframe, start: datetime | None = None, end: datetime | None = None
+) -> QuerySet[Candle, Any]:
+    """`candles_in_range` as dicts of open_time, trade_count, is_imputed, source and, for each
+    price and volume, `<name>_text`: its stored text (PostgreSQL's numeric text keeps every digit
+    and the scale; SQLite stores the text), exactly what the API sends, without making a Decimal
+    of each value only to print it again."""
+    return candles_in_range(symbol_id=symbol_id, timeframe=timeframe, start=start, end=end).values(
+        "open_time",
+        "trade_count",
+        "is_imputed",
+        "source",
+        **{f"{name}_text": Cast(name, output_field=TextField()) for name in _PRICE_COLUMNS},
+    )
 
 
 def gaps_list(

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from rest_framework import serializers
 
 from marketdata.core.timeframes import Timeframe
 from marketdata.models import Gap, Symbol
-from oasis_site.api.fields import ExactDecimalField, UtcTimeField
+from oasis_site.api.fields import ExactDecimalField, UtcTimeField, iso_utc
 from oasis_site.api.pagination import PageParameters
 
 TIMEFRAMES = [tf.value for tf in Timeframe]
@@ -64,6 +65,12 @@ class CandleListInput(PageParameters):
 
 
 class CandleOutput(serializers.Serializer):  # type: ignore[type-arg]
+    """One candle, from a row of `marketdata.selectors.candle_rows_as_text`. The fields below are
+    its schema; `to_representation` writes them directly (the values the fields give, held equal
+    by a test): a page is up to 1,000 rows, and DRF's field-by-field walk over Decimals made
+    from the database's text, printed back to text, was most of the endpoint's time
+    (docs/benchmarks.md)."""
+
     open_time = UtcTimeField()
     open = ExactDecimalField()
     high = ExactDecimalField()
@@ -74,6 +81,20 @@ class CandleOutput(serializers.Serializer):  # type: ignore[type-arg]
     trade_count = serializers.IntegerField()
     is_imputed = serializers.BooleanField()
     source = serializers.CharField()  # type: ignore[assignment]  # a field, not Field.source
+
+    def to_representation(self, row: Mapping[str, Any]) -> dict[str, Any]:
+        return {
+            "open_time": iso_utc(row["open_time"]),
+            "open": row["open_text"],
+            "high": row["high_text"],
+            "low": row["low_text"],
+            "close": row["close_text"],
+            "volume": row["volume_text"],
+            "quote_volume": row["quote_volume_text"],
+            "trade_count": row["trade_count"],
+            "is_imputed": row["is_imputed"],
+            "source": row["source"],
+        }
 
 
 # --- Gaps and backfill requests ----------------------------------------------------------------

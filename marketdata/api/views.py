@@ -24,7 +24,7 @@ from marketdata.api.serializers import (
 from marketdata.backfill_requests import BackfillRequest, BackfillRequestError, backfill_request_submit
 from marketdata.core.timeframes import Timeframe
 from marketdata.models import Symbol
-from marketdata.selectors import CANDLE_COLUMNS, candles_in_range, gaps_list, symbol_find, symbols_list
+from marketdata.selectors import CANDLE_COLUMNS, candle_rows_as_text, gaps_list, symbol_find, symbols_list
 from oasis_site.api.access import api_actor
 from oasis_site.api.errors import invalid
 from oasis_site.api.inputs import body_input, query_input
@@ -80,12 +80,12 @@ class CandleListApi(APIView):
         params = query_input(request, CandleListInput)
         data = params.validated_data
         symbol = _symbol(data.get("exchange"), data["symbol"])
-        rows = candles_in_range(
+        rows = candle_rows_as_text(
             symbol_id=symbol.pk,
             timeframe=Timeframe(data["timeframe"]),
             start=data.get("start"),
             end=data.get("end"),
-        ).values(*CANDLE_COLUMNS)
+        )
         page = keyset_page(rows, keyset=self.keyset, cursor=data.get("cursor"), limit=params.page_limit())
         return page_response(request, page, CandleOutput(page.rows, many=True).data)
 

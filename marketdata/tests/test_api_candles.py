@@ -7,6 +7,7 @@ import csv
 import io
 from dataclasses import dataclass
 from datetime import timedelta
+from decimal import Decimal
 
 import pytest
 from django.core.cache import cache
@@ -219,3 +220,24 @@ def test_a_bad_backfill_request_is_refused_by_field_and_nothing_is_recorded(api,
     assert response.status_code == 400, response.content
     assert list(response.json()["errors"]) == [field]
     assert Gap.objects.count() == 1  # the seeded one
+
+
+def test_the_candle_rows_written_directly_equal_what_the_declared_fields_give(seeded):
+    from marketdata.api.serializers import CandleOutput
+    from marketdata.core.timeframes import Timeframe
+    from marketdata.selectors import CANDLE_COLUMNS, candle_rows_as_text, candles_in_range
+
+    first = Candle.objects.filter(symbol=seeded.symbol).order_by("open_time").first()
+    assert first is not None
+    Candle.objects.filter(pk=first.pk).update(
+        is_imputed=True, imputed_inputs=1, source="imputed", volume=Decimal("0E-8"), high=Decimal("1E+5")
+    )
+    stream = {"symbol_id": seeded.symbol.pk, "timeframe": Timeframe.M1}
+    decimals = list(candles_in_range(**stream).order_by("open_time").values(*CANDLE_COLUMNS)[:50])
+    texts = list(candle_rows_as_text(**stream).order_by("open_time")[:50])
+    fields = CandleOutput().fields
+    for by_decimal, by_text in zip(decimals, texts, strict=True):
+        expected = {name: field.to_representation(by_decimal[name]) for name, field in fields.items()}
+        assert CandleOutput(by_text).data == expected
+    assert CandleOutput(texts[0]).data["volume"] == "0.00000000"
+    assert CandleOutput(texts[0]).data["high"] == "100000"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from django.conf import settings
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import status
 from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
@@ -73,7 +73,13 @@ class CandleListApi(APIView):
                 "format", OpenApiTypes.STR, enum=["json", "csv"], description="csv: a header row, then rows."
             ),
         ],
-        responses={200: paginated(CandleOutput), **BAD_INPUT},
+        responses={
+            (200, "application/json"): paginated(CandleOutput),
+            (200, "text/csv"): OpenApiResponse(
+                {"type": "string"}, description="A header row (the JSON fields), then one row a candle."
+            ),
+            **{(status_code, "application/json"): body for status_code, body in BAD_INPUT.items()},
+        },
         tags=["market data"],
     )
     def get(self, request: Request) -> Response:

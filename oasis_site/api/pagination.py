@@ -123,6 +123,13 @@ class PageParameters(serializers.Serializer):  # type: ignore[type-arg]
     )
     limit = serializers.IntegerField(required=False, min_value=1, help_text="Rows per page.")
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        limit = self.fields["limit"]
+        assert isinstance(limit, serializers.IntegerField)
+        limit.help_text = f"Rows per page: {self.default_limit} by default, at most {self.max_limit}."
+        limit.max_value = self.max_limit  # for the schema; validate_limit names the parameter
+
     def validate_limit(self, value: int) -> int:
         if value > self.max_limit:
             raise serializers.ValidationError(f"must be at most {self.max_limit}")

@@ -130,7 +130,7 @@ class IndicatorInput(serializers.Serializer):  # type: ignore[type-arg]
         r"^[A-Za-z0-9_-]*$", required=False, allow_blank=True, max_length=200, help_text="From `next`."
     )
     limit = serializers.IntegerField(
-        required=False, min_value=1, help_text="Rows (default 500, at most 1000)."
+        required=False, min_value=1, help_text="Rows per page: 500 by default, at most 1000."
     )
 
     def validate_limit(self, value: int) -> int:

@@ -63,13 +63,14 @@ def _operation(path: str, method: str, operation: dict[str, Any]) -> str:
     parameters = operation.get("parameters", [])
     rows = format_html_join(
         "",
-        "<tr><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td></tr>",
+        "<tr><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}{}</td></tr>",
         (
             (
                 parameter["name"],
                 parameter.get("in", ""),
                 "required" if parameter.get("required") else "",
-                parameter.get("description", ""),
+                "" if parameter.get("schema", {}).get("enum") else parameter.get("description", ""),
+                _choices(parameter),
             )
             for parameter in parameters
         ),
@@ -80,7 +81,7 @@ def _operation(path: str, method: str, operation: dict[str, Any]) -> str:
     return str(
         format_html(
             "<section id='{anchor}'><h2><code>{method} {path}</code></h2><p>{description}</p>"
-            "{table}{body}<p>Responses: {statuses}</p></section>",
+            "{table}{body}<p>Responses: {statuses}</p>{form}</section>",
             anchor=operation.get("operationId", ""),
             method=method.upper(),
             path=path,
@@ -94,5 +95,35 @@ def _operation(path: str, method: str, operation: dict[str, Any]) -> str:
             if body_ref
             else "",
             statuses=statuses,
+            form=_try_form(path, method, parameters),
         )
     )
+
+
+def _choices(parameter: dict[str, Any]) -> str:
+    values = parameter.get("schema", {}).get("enum")
+    if not values:
+        return ""
+    return str(format_html("one of {}", ", ".join(str(value) for value in values)))
+
+
+def _try_form(path: str, method: str, parameters: list[dict[str, Any]]) -> str:
+    """A plain HTML form that sends the GET (no script): the browser shows the JSON answer.
+    Left-empty inputs are not parameters (DRF skips empty optional query parameters)."""
+    if method != "get" or any(parameter.get("in") == "path" for parameter in parameters):
+        return ""
+    inputs = format_html_join(
+        "",
+        "<label><code>{}</code> <input name='{}' placeholder='{}'></label> ",
+        (
+            (
+                parameter["name"],
+                parameter["name"],
+                ", ".join(str(value) for value in parameter.get("schema", {}).get("enum", []))
+                or parameter.get("schema", {}).get("example", ""),
+            )
+            for parameter in parameters
+            if parameter.get("in") == "query"
+        ),
+    )
+    return str(format_html("<form method='get' action='{}'>{}<button>Send</button></form>", path, inputs))

@@ -118,6 +118,9 @@ def test_the_docs_page_lists_every_operation_and_loads_nothing_from_elsewhere():
     page = response.content.decode()
     assert page.count("<section") == OPERATIONS
     assert "GET /api/v1/candles/" in page
+    # Reads can be tried from the page: a plain form per GET without path parameters.
+    assert "<form method='get' action='/api/v1/candles/'>" in page
+    assert "<input name='timeframe' placeholder='1m, 3m, 5m, 10m, 15m, 1h, 4h'>" in page
     assert "<script" not in page
     assert "<link" not in page
     assert "src=" not in page

@@ -1,8 +1,9 @@
 """Closed candles pushed to the live dashboard: one channel-layer group per symbol and
 timeframe (`candles.<SYMBOL>.<tf>`), so a browser only receives the series it shows.
 
-Registered as a close listener (`marketdata.events`) at start-up: it runs after the candles
-committed, in whichever process announced them (ingestion, a resampling worker).
+Called where candles are committed and announced (ingestion's after-commit hook, the resampling
+task), before the rules' close listeners: a dashboard never waits for rule evaluation. From
+ingestion's event loop the send does not block (`oasis_site.broadcast`).
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ from typing import Any
 from celery import shared_task
 from django.conf import settings
 
+from marketdata.broadcasts import candles_broadcast
 from marketdata.core.timeframes import Timeframe
 from marketdata.events import candles_closed
 from marketdata.gaps import gaps_due, gaps_scan
@@ -57,7 +58,9 @@ def resample_refresh(symbol_id: int, timeframe: str, first_ms: int, last_ms: int
     if derived:
         name = Symbol.objects.values_list("symbol", flat=True).get(pk=symbol_id)
         now = time.time()
-        candles_closed([closed_candle_event(write, symbol=name, committed_at=now) for write in derived])
+        events = [closed_candle_event(write, symbol=name, committed_at=now) for write in derived]
+        candles_broadcast(events)
+        candles_closed(events)
     return written
 
 

@@ -13,6 +13,7 @@ data itself is committed and readable: a broadcast only saves a dashboard a poll
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -49,6 +50,16 @@ BROADCAST_FAILURES = Counter(
 GroupEvent = tuple[str, dict[str, Any]]
 
 
+_serving_web = False
+
+
+def serve_web_here() -> None:
+    """Called by the web server's process (`manage.py serve`): its events go straight to its
+    own channel layer, whatever OASIS_BROADCAST_RELAY_URL says (it IS the relay's end)."""
+    global _serving_web
+    _serving_web = True
+
+
 def broadcast_after_commit(group: str, event: dict[str, Any]) -> None:
     """Send `event` (its "type" names the consumer handler, e.g. "signals.new") to `group`."""
     transaction.on_commit(lambda: broadcast_now(group, event))
@@ -65,7 +76,7 @@ def broadcast_many_now(events: list[GroupEvent]) -> None:
     if not events:
         return
     relay_url = getattr(settings, "OASIS_BROADCAST_RELAY_URL", None)
-    if relay_url:
+    if relay_url and not _serving_web:
         relay = _relay(relay_url)
         for group, event in events:
             relay.put(group, event)
@@ -73,11 +84,23 @@ def broadcast_many_now(events: list[GroupEvent]) -> None:
     layer_broadcast_many(events)
 
 
+_pending_sends: set[asyncio.Task[None]] = set()
+
+
 def layer_broadcast_many(events: list[GroupEvent]) -> None:
-    """Through this process's channel layer (never the relay)."""
+    """Through this process's channel layer (never the relay). On a thread that runs an event
+    loop (ingestion's), the sends are scheduled on it and this returns at once."""
     layer = get_channel_layer()
-    if layer is not None:
+    if layer is None:
+        return
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
         async_to_sync(layer_send_many)(layer, events)
+        return
+    task = loop.create_task(layer_send_many(layer, events))
+    _pending_sends.add(task)  # a reference until it is done (the loop keeps only a weak one)
+    task.add_done_callback(_pending_sends.discard)
 
 
 async def layer_send_many(layer: Any, events: list[GroupEvent]) -> None:

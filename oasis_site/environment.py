@@ -250,6 +250,9 @@ def read_environment(environ: Mapping[str, str], *, base_dir: Path) -> Environme
     slippage_bps = _parse_decimal("OASIS_SLIPPAGE_BPS", get("OASIS_SLIPPAGE_BPS"), default="5", high=1000)
 
     broadcast_relay_url = get("OASIS_BROADCAST_RELAY_URL")
+    if broadcast_relay_url is None and env_name == "dev" and redis_url is None:
+        # `make run`: no Redis, so every process (a CLI command too) relays to the web server.
+        broadcast_relay_url = f"http://127.0.0.1:{port}/internal/broadcast"
     if broadcast_relay_url is not None:
         _check_url(
             "OASIS_BROADCAST_RELAY_URL",

@@ -112,7 +112,11 @@ def single_instance() -> Iterator[None]:
             with connection.cursor() as cursor:
                 cursor.execute("SELECT pg_advisory_unlock(%s)", [TRADE_LOCK_KEY])
         return
-    path = Path(settings.BASE_DIR) / "var" / "trade.lock"
+    # SQLite: a lock file beside the database file, so two stacks on two databases never
+    # block each other (an in-memory database has no file: the project's var/ then).
+    name = str(connection.settings_dict["NAME"])
+    database = Path(name) if name and name != ":memory:" and not name.startswith("file:") else None
+    path = Path(f"{database}.trade.lock") if database else Path(settings.BASE_DIR) / "var" / "trade.lock"
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w") as handle:
         try:

@@ -4,7 +4,8 @@ The buckets a batch closed are recomputed (`marketdata.resampling`): with a brok
 (REDIS_URL) as Celery tasks routed to each stream's shard queue, which announce the derived
 closes themselves; without one (the embedded default) in one worker thread of this process, off
 the event loop. Then every closed candle, ingested or derived here, is announced to the
-registered listeners (`marketdata.events`: rules evaluate on it). All of it runs after the
+registered listeners (`marketdata.events`: rules evaluate on it); dashboards get every closed
+candle as soon as it is committed (`marketdata.broadcasts`). All of it runs after the
 commit, reads what is stored and is safe to repeat. A failure is logged and left to the next
 close (and to the gap scan): it never stops ingestion.
 """
@@ -18,6 +19,7 @@ import structlog
 from django.conf import settings
 from django.db import connections
 
+from marketdata.broadcasts import candles_broadcast
 from marketdata.events import ClosedCandle, candles_closed
 from marketdata.resampling import RefreshRequest, derived_candles_refresh, refresh_requests
 from marketdata.services import CandleWrite
@@ -49,25 +51,30 @@ class DerivedRefresher:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="derived-candles")
 
     def after_commit(self, batch: list[CandleWrite], committed_at: float, took: float) -> None:
-        """`CandleWriter` on_committed hook (runs on the event loop: only hands work over)."""
-        self._executor.submit(self._after_commit, batch, committed_at)
+        """`CandleWriter` on_committed hook (runs on the event loop: only hands work over).
+        Dashboards hear of the batch's candles at once (a non-blocking send), not after the
+        derived candles and the previous batch's rule evaluations, which queue in the thread."""
+        names = {write.symbol_id: write.kline.symbol for write in batch}
+        events = [closed_candle_event(w, symbol=names[w.symbol_id], committed_at=committed_at) for w in batch]
+        candles_broadcast(events)
+        self._executor.submit(self._after_commit, batch, events)
 
     def close(self) -> None:
         """Finish what was handed over, then release this thread's database connection."""
         self._executor.submit(connections.close_all)
         self._executor.shutdown(wait=True)
 
-    def _after_commit(self, batch: list[CandleWrite], committed_at: float) -> None:
+    def _after_commit(self, batch: list[CandleWrite], events: list[ClosedCandle]) -> None:
         names = {write.symbol_id: write.kline.symbol for write in batch}
         derived: list[CandleWrite] = []
         for request in refresh_requests(batch):
             self._refresh(request, derived)
         derived_at = time.time()
-        events = [closed_candle_event(w, symbol=names[w.symbol_id], committed_at=committed_at) for w in batch]
-        events += [
+        derived_events = [
             closed_candle_event(w, symbol=names[w.symbol_id], committed_at=derived_at) for w in derived
         ]
-        candles_closed(events)
+        candles_broadcast(derived_events)
+        candles_closed(events + derived_events)
 
     def _refresh(self, request: RefreshRequest, derived: list[CandleWrite]) -> None:
         try:

@@ -14,8 +14,9 @@ from channels.layers import get_channel_layer
 from django.test import Client
 
 from audit.services import audit_record
+from marketdata.broadcasts import candles_broadcast
 from marketdata.core.timeframes import Timeframe
-from marketdata.events import ClosedCandle, candles_closed
+from marketdata.events import ClosedCandle
 from oasis_site.broadcast import (
     RELAY_SIGNATURE_HEADER,
     RelayError,
@@ -64,9 +65,8 @@ def listen() -> Iterator[Any]:
         listener.close()
 
 
-def test_a_closed_candle_reaches_its_series_group_only(listen):
-    one_minute, five_minutes = listen("candles.BTCUSDT.1m"), listen("candles.BTCUSDT.5m")
-    candle = ClosedCandle(
+def closed_candle() -> ClosedCandle:
+    return ClosedCandle(
         symbol_id=1,
         symbol="BTCUSDT",
         timeframe=Timeframe.M1,
@@ -79,7 +79,11 @@ def test_a_closed_candle_reaches_its_series_group_only(listen):
         imputed=True,
         committed_at=1_700_000_100.25,
     )
-    candles_closed([candle])
+
+
+def test_a_closed_candle_reaches_its_series_group_only(listen):
+    one_minute, five_minutes = listen("candles.BTCUSDT.1m"), listen("candles.BTCUSDT.5m")
+    candles_broadcast([closed_candle()])
     assert one_minute.next() == {
         "type": "candle.update",
         "symbol": "BTCUSDT",
@@ -94,6 +98,29 @@ def test_a_closed_candle_reaches_its_series_group_only(listen):
         "committed_at_ms": 1_700_000_100_250,
     }
     assert five_minutes.next(timeout=0.2) is None
+
+
+def test_from_an_event_loop_the_send_is_scheduled_on_it_and_returns_at_once():
+    """Ingestion broadcasts from its event loop: no blocking call into the loop it runs on."""
+    layer = get_channel_layer()
+
+    async def scenario() -> dict[str, Any]:
+        channel = await layer.new_channel()
+        await layer.group_add("candles.BTCUSDT.1m", channel)
+        try:
+            candles_broadcast([closed_candle()])  # would raise if it blocked on this loop
+            message: dict[str, Any] = await asyncio.wait_for(layer.receive(channel), 3)
+            return message
+        finally:
+            await layer.group_discard("candles.BTCUSDT.1m", channel)
+
+    loop = asyncio.new_event_loop()
+    try:
+        message = loop.run_until_complete(scenario())
+    finally:
+        loop.close()
+    assert message["type"] == "candle.update"
+    assert message["t"] == 1_700_000_040_000
 
 
 @pytest.mark.django_db

@@ -69,6 +69,11 @@
     /* Rebuild a table body from rows: each row is a list of [text, className]. */
     fillTable: function (tableId, rows) {
       var body = document.querySelector("#" + tableId + " tbody");
+      if (!rows.length) {
+        var columns = document.querySelectorAll("#" + tableId + " thead th").length;
+        body.innerHTML = '<tr class="empty"><td class="muted" colspan="' + columns + '">none</td></tr>';
+        return;
+      }
       var html = rows.map(function (row) {
         return "<tr" + (row.className ? ' class="' + row.className + '"' : "") + ">" + row.cells.map(function (cell) {
           var value = Array.isArray(cell) ? cell : [cell, ""];

@@ -15,7 +15,8 @@
       return { cells: [row.symbol, row.timeframe, [row.seconds.toFixed(1), row.seconds > 120 ? "status-rejected" : ""]] };
     }));
     Oasis.fillTable("data-lag", ops.data_lag.map(function (row) {
-      return { cells: [row.symbol, row.timeframe, Oasis.time(row.newest_close), row.lag_s.toFixed(1), row.source] };
+      return { cells: [row.symbol, row.timeframe, Oasis.time(row.newest_close), row.lag_s.toFixed(1),
+        [row.overdue_s.toFixed(1), row.overdue_s > 60 ? "status-rejected" : ""], row.source] };
     }));
     Oasis.fillTable("gaps", ops.gaps.map(function (g) {
       return { cells: [g.id, g.symbol, g.timeframe, Oasis.time(g.start), Oasis.time(g.end), [g.status, "status-" + g.status],

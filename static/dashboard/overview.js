@@ -50,7 +50,7 @@
     };
     var layout = {
       paper_bgcolor: "#161d25", plot_bgcolor: "#161d25", font: { color: "#d8dee6" },
-      margin: { l: 90, r: 10, t: 10, b: 30 }, height: Math.max(240, 34 * heat.symbols.length + 60),
+      margin: { l: 90, r: 10, t: 40, b: 10 }, height: Math.max(240, 34 * heat.symbols.length + 60),
       yaxis: { autorange: "reversed", type: "category" }, xaxis: { type: "category", side: "top" },
     };
     Plotly.react(element, [trace], layout, { displayModeBar: false, responsive: true });

@@ -31,9 +31,11 @@
     list.push({ type: "scatter", mode: "markers", name: "imputed", x: imputed.map(function (k) { return stamp(k.t); }),
       y: imputed.map(function (k) { return k.h; }), marker: { symbol: "x", size: 9, color: "#ffb300" },
       hovertemplate: "imputed candle<br>%{x}<extra></extra>", yaxis: "y" });
-    state.overlays.forEach(function (overlay) {
+    var palette = ["#f5c542", "#4ea1ff", "#c77dff", "#ff8a65", "#80deea", "#aed581", "#f48fb1"];
+    state.overlays.forEach(function (overlay, index) {
       list.push({ type: "scatter", mode: "lines", name: overlay.name + " (" + overlay.rule + ")", x: x,
-        y: overlay.values.slice(-c.length), line: { width: 1.3 }, yaxis: overlay.panel === "price" ? "y" : "y3",
+        y: overlay.values.slice(-c.length), line: { width: 1.3, color: palette[index % palette.length] },
+        yaxis: overlay.panel === "price" ? "y" : "y3",
         connectgaps: false });
     });
     ["enter", "exit"].forEach(function (action) {

@@ -7,7 +7,6 @@ draining its buffers. If any child dies, the others are stopped and the exit cod
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -35,6 +34,12 @@ class Command(BaseCommand):
         parser.add_argument("--symbols", default=DEFAULT_SYMBOLS, help="comma-separated symbols to ingest")
         parser.add_argument("--timeframes", default="1m,5m,15m,1h,4h", help="streamed timeframes to ingest")
         parser.add_argument("--sim-speed", type=float, default=1.0, help="simulator clock speed")
+        parser.add_argument(
+            "--ingest-metrics-port", type=int, default=9101, help="ingest's /metrics port (0: off)"
+        )
+        parser.add_argument(
+            "--trade-metrics-port", type=int, default=9102, help="trade loop's /metrics port (0: off)"
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         profile = exchange_profile(settings.OASIS_EXCHANGE, overrides=settings.OASIS_EXCHANGE_URLS)
@@ -48,18 +53,11 @@ class Command(BaseCommand):
         signal.signal(signal.SIGINT, request_stop)
         signal.signal(signal.SIGTERM, request_stop)
 
-        # Without Redis each process has its own in-memory channel layer: ingestion and trading
-        # post their WebSocket broadcasts to the web server's relay (oasis_site/broadcast.py).
-        relay_env = dict(os.environ)
-        if not settings.REDIS_URL:
-            relay_env["OASIS_BROADCAST_RELAY_URL"] = (
-                f"http://127.0.0.1:{settings.OASIS_PORT}/internal/broadcast"
-            )
-
-        def start(name: str, *arguments: str, relay: bool = False) -> None:
+        # Without Redis, ingestion and trading post their WebSocket broadcasts to the web
+        # server's relay (OASIS_BROADCAST_RELAY_URL, set by default in dev: oasis_site/broadcast.py).
+        def start(name: str, *arguments: str) -> None:
             # Our own manage.py commands with arguments we built: no untrusted input.
-            process = subprocess.Popen([sys.executable, MANAGE, *arguments], env=relay_env if relay else None)  # noqa: S603
-            children.append((name, process))
+            children.append((name, subprocess.Popen([sys.executable, MANAGE, *arguments])))  # noqa: S603
 
         try:
             if profile.name == "sim":
@@ -105,9 +103,17 @@ class Command(BaseCommand):
                 options["timeframes"],
                 "--lookback",
                 "300",
-                relay=True,
+                "--metrics-port",
+                str(options["ingest_metrics_port"]),
             )
-            start("trade", "trade", "--exchange", profile.name, relay=True)
+            start(
+                "trade",
+                "trade",
+                "--exchange",
+                profile.name,
+                "--metrics-port",
+                str(options["trade_metrics_port"]),
+            )
             start("web", "serve")
             while not stopping:
                 for name, child in children:

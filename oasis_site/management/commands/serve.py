@@ -4,6 +4,8 @@ from daphne.cli import CommandLineInterface
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
+from oasis_site.broadcast import serve_web_here
+
 
 class Command(BaseCommand):
     help = "Serve HTTP and WebSocket with daphne on OASIS_BIND:OASIS_PORT (default 127.0.0.1:8000)."
@@ -22,6 +24,7 @@ class Command(BaseCommand):
         ]
         if settings.OASIS_PROXY_HEADERS:
             argv.append("--proxy-headers")
+        serve_web_here()
         self.stdout.write(f"Oasis on http://{settings.OASIS_BIND}:{settings.OASIS_PORT}/ (Ctrl-C stops)")
         self.stdout.flush()
         CommandLineInterface().run([*argv, "oasis_site.asgi:application"])

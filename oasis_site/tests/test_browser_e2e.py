@@ -1,0 +1,241 @@
+"""The dashboard in a real browser (Debian's chromium, headless, driven by Playwright) against
+the whole `make run` stack: the simulator, ingestion, the trade loop and the web server as
+separate processes on SQLite, with WebSocket broadcasts relayed to the web server.
+
+The symbol page is opened, the simulator (at 30x) closes a candle, and the chart gains it
+without a reload. Screenshots of every page are kept in var/test-artifacts/.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+ARTIFACTS = ROOT / "var" / "test-artifacts"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-background-timer-throttling",
+    "--disable-renderer-backgrounding",
+]
+
+pytestmark = pytest.mark.e2e
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def get_json(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def require_chromium() -> None:
+    if Path(CHROMIUM).exists():
+        return
+    message = f"needs Debian's chromium at {CHROMIUM} (apt-get install -y chromium)"
+    if os.environ.get("OASIS_REQUIRE_SERVICES") == "1":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """`manage.py devstack` (what `make run` runs) on free ports and a fresh SQLite file."""
+    require_chromium()
+    folder = tmp_path_factory.mktemp("stack")
+    web, sim = free_port(), free_port()
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key
+        not in {
+            "DATABASE_URL",
+            "REDIS_URL",
+            "OASIS_ENV",
+            "DJANGO_SETTINGS_MODULE",
+            "OASIS_BROADCAST_RELAY_URL",
+        }
+    }
+    env.update(
+        OASIS_ENV="dev",
+        OASIS_PORT=str(web),
+        OASIS_LOG_FORMAT="json",
+        DATABASE_URL=f"sqlite:///{folder}/stack.sqlite3",
+        OASIS_SIM_REST_URL=f"http://127.0.0.1:{sim}",
+        OASIS_SIM_WS_URL=f"ws://127.0.0.1:{sim}",
+    )
+    migrate = subprocess.run(
+        [sys.executable, "manage.py", "migrate", "--no-input"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        timeout=180,
+    )
+    assert migrate.returncode == 0, migrate.stderr.decode()
+    log_path = folder / "stack.log"
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "manage.py",
+                "devstack",
+                "--symbols",
+                "BTCUSDT,ETHUSDT",
+                "--timeframes",
+                "1m",
+                "--sim-speed",
+                "30",
+                "--ingest-metrics-port",
+                str(free_port()),
+                "--trade-metrics-port",
+                str(free_port()),
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    base = f"http://127.0.0.1:{web}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert process.poll() is None, log_path.read_text()[-4000:]
+            try:
+                if get_json(f"{base}/symbols/BTCUSDT/chart.json?tf=1m")["candles"]:
+                    break
+            except (urllib.error.URLError, ConnectionError, ValueError):
+                pass
+            assert time.monotonic() < deadline, "no candles within 120 s:\n" + log_path.read_text()[-4000:]
+            time.sleep(0.5)
+        yield {"base": base, "log": log_path}
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=40)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture(scope="module")
+def browser(stack: dict[str, Any]) -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    context = browser.new_context(viewport={"width": 1440, "height": 900})
+    page = context.new_page()
+    page.errors = []
+    page.on("pageerror", lambda error: page.errors.append(str(error)))
+    yield page
+    context.close()
+
+
+def screenshot(page: Any, name: str) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / name), full_page=True)
+
+
+def test_symbol_chart_gains_a_closed_candle_without_reload(stack, page):
+    page.goto(f"{stack['base']}/symbols/BTCUSDT/?tf=1m")
+    page.wait_for_selector('body[data-live="connected"]', timeout=20_000)
+    page.wait_for_function("Number(document.getElementById('chart').dataset.candles) > 0", timeout=20_000)
+    before = page.evaluate("Number(document.getElementById('chart').dataset.lastCandle)")
+    page.evaluate("window.__sameDocument = true")
+
+    # At 30x the simulator closes a 1m candle every 2 s: the next one must arrive live.
+    page.wait_for_function(
+        f"Number(document.getElementById('chart').dataset.lastCandle) > {before}", timeout=30_000
+    )
+    assert page.evaluate("window.__sameDocument") is True  # no reload happened
+    updates = page.evaluate("window.oasisChart.updates")
+    assert updates, "the chart changed but not through the live feed"
+    drawn = updates[-1]
+    assert drawn["t"] > before
+    assert (drawn["t"] - before) % 60_000 == 0
+    # What the browser drew is what was stored.
+    stored = get_json(f"{stack['base']}/symbols/BTCUSDT/chart.json?tf=1m")["candles"]
+    by_time = {candle["t"]: candle for candle in stored}
+    assert drawn["t"] in by_time
+    trace = page.evaluate(
+        "(() => { const t = document.getElementById('chart').data[0];"
+        " return {x: t.x.length, close: t.close[t.close.length - 1]}; })()"
+    )
+    last_drawn_t = page.evaluate("Number(document.getElementById('chart').dataset.lastCandle)")
+    assert trace["close"] == by_time[last_drawn_t]["c"]
+    assert page.errors == []
+    screenshot(page, "symbol-page.png")
+
+
+def test_every_page_renders_with_live_data_and_no_script_error(stack, page):
+    expectations = {
+        "/": "Number(document.getElementById('heatmap').dataset.cells) === 14",
+        "/trading/": "document.getElementById('orders').dataset.rows !== undefined",
+        "/operations/": "document.querySelectorAll('#data-lag tbody tr').length >= 2",
+        "/symbols/ETHUSDT/?tf=5m": "document.getElementById('chart').dataset.candles !== undefined",
+    }
+    for path, ready in expectations.items():
+        page.goto(f"{stack['base']}{path}")
+        page.wait_for_selector('body[data-live="connected"]', timeout=20_000)
+        page.wait_for_function(ready, timeout=20_000)
+        name = path.strip("/").replace("/", "-").replace("?", "-").replace("=", "-") or "overview"
+        screenshot(page, f"{name}.png")
+    assert page.errors == []
+
+
+def test_the_kill_switch_banner_turns_on_live(stack, page):
+    page.goto(f"{stack['base']}/")
+    page.wait_for_selector('body[data-live="connected"]', timeout=20_000)
+    assert page.evaluate("document.getElementById('killswitch-banner').hidden") is True
+    env = {key: value for key, value in os.environ.items() if key not in {"REDIS_URL", "OASIS_ENV"}}
+    env.update(
+        OASIS_ENV="dev",
+        DATABASE_URL=f"sqlite:///{stack['log'].parent}/stack.sqlite3",
+        OASIS_PORT=stack["base"].rsplit(":", 1)[1],
+    )
+    command = [
+        sys.executable,
+        "manage.py",
+        "killswitch",
+        "engage",
+        "--state",
+        "halted",
+        "--reason",
+        "browser drill",
+    ]
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, timeout=60)
+    assert result.returncode == 0, result.stderr.decode()
+    page.wait_for_function("!document.getElementById('killswitch-banner').hidden", timeout=10_000)
+    assert "browser drill" in page.inner_text("#killswitch-banner")
+    screenshot(page, "overview-killswitch.png")
+    command = [sys.executable, "manage.py", "killswitch", "release", "--reason", "drill over"]
+    assert subprocess.run(command, cwd=ROOT, env=env, capture_output=True, timeout=60).returncode == 0
+    page.wait_for_function("document.getElementById('killswitch-banner').hidden", timeout=10_000)

@@ -23,6 +23,9 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
         # Errors are JSON whatever format the rows were asked in (a CSV of an error helps no one).
         request.accepted_renderer = JSONRenderer()
         request.accepted_media_type = JSONRenderer.media_type
+    if response is not None and isinstance(exc, exceptions.ParseError):  # a body that is not JSON
+        response.data = {"detail": "invalid input", "errors": {"body": [str(exc.detail)]}}
+        return response
     if response is None or not isinstance(exc, exceptions.ValidationError):
         return response
     detail = exc.detail

@@ -20,7 +20,7 @@ def query_input(request: Request, serializer_class: type[SerializerT]) -> Serial
 def body_input(request: Request, serializer_class: type[SerializerT]) -> SerializerT:
     data: Any = request.data
     if not isinstance(data, dict):
-        raise serializers.ValidationError({"non_field_errors": ["the body must be a JSON object"]})
+        raise serializers.ValidationError({"body": ["must be a JSON object"]})
     serializer = serializer_class(data=data)
     serializer.is_valid(raise_exception=True)
     return serializer

@@ -137,3 +137,13 @@ def test_cors_answers_only_the_allowed_origins(settings):
     assert allowed["Access-Control-Allow-Origin"] == "https://desk.example.com"
     other = APIClient().get(KILLSWITCH, HTTP_ORIGIN="https://evil.example.com")
     assert "Access-Control-Allow-Origin" not in other
+
+
+def test_a_body_that_is_not_a_json_object_is_named_body():
+    client = APIClient()
+    not_json = client.post(RELEASE, "not json", content_type="application/json")
+    assert not_json.status_code == 400
+    assert list(not_json.json()["errors"]) == ["body"]
+    a_list = client.post(RELEASE, "[1, 2]", content_type="application/json")
+    assert a_list.json()["errors"] == {"body": ["must be a JSON object"]}
+    assert AuditEvent.objects.count() == 0

@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 from django.conf import settings
 from django.db.models import OuterRef, Subquery
+from django.db.models.fields.json import KT
+from django.urls import reverse
 from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -34,7 +36,7 @@ from rules.engine.spec import SpecError, parse_spec
 from rules.models import RuleConfig, Signal
 from trading import selectors as trading_selectors
 from trading.killswitch import killswitch_view
-from trading.models import EquitySnapshot, Mode, Order, Position
+from trading.models import BacktestRun, EquitySnapshot, Mode, Order, Position
 
 TIMEFRAMES: tuple[str, ...] = tuple(timeframe.value for timeframe in Timeframe)
 # Indicators drawn on the price axis; the others (oscillators) get a panel of their own.
@@ -375,6 +377,7 @@ def trading_book(*, mode: str, orders_limit: int = 100, equity_points: int = 200
             "pnl": [float(row[2] + row[3]) for row in snapshots],
             "drawdown_pct": [float(row[4]) for row in snapshots],
         },
+        "backtests": backtest_runs(),
         "latest": None
         if latest is None
         else {
@@ -386,6 +389,35 @@ def trading_book(*, mode: str, orders_limit: int = 100, equity_points: int = 200
             "taken_at": _iso(latest.taken_at),
         },
     }
+
+
+def backtest_runs(limit: int = 10) -> list[dict[str, Any]]:
+    """The newest backtests with a link to their report (their results JSON is not loaded:
+    a year's fills and equity curve; only the net PnL is read out of it)."""
+    # As text (KT): the exact decimal string stored, on every database.
+    recent = BacktestRun.objects.order_by("-created_at", "-id").annotate(net_pnl=KT("results__net_pnl"))
+    rows = recent.values(
+        "id",
+        "status",
+        "created_at",
+        "parameters",
+        "rule_version__number",
+        "rule_version__config__name",
+        "net_pnl",
+    )[:limit]
+    return [
+        {
+            "id": row["id"],
+            "rule": f"{row['rule_version__config__name']} v{row['rule_version__number']}",
+            "status": row["status"],
+            "created_at": _iso(row["created_at"]),
+            "symbols": row["parameters"].get("symbols", []),
+            "range": f"{row['parameters'].get('since', '')} → {row['parameters'].get('until', '')}",
+            "net_pnl": row["net_pnl"],
+            "report": reverse("trading:backtest_report", args=[row["id"]]),
+        }
+        for row in rows
+    ]
 
 
 # -- operations page --------------------------------------------------------------------------

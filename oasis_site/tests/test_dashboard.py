@@ -26,7 +26,7 @@ from oasis_site.flags import API_AUTH_REQUIRED
 from rules.models import RuleConfig, Signal
 from trading.core.types import KillSwitchState, OrderIntent, OrderType, Side
 from trading.killswitch import killswitch_engage
-from trading.models import Mode
+from trading.models import BacktestRun, Mode
 from trading.services import balance_set, equity_snapshot_take, order_create
 
 pytestmark = pytest.mark.django_db
@@ -215,6 +215,26 @@ def test_trading_page_shows_orders_positions_and_equity(desk):
     assert data["orders"][0]["quantity"] == "0.00432000"
     assert data["equity"]["equity"] == [10000.0]
     assert data["latest"]["equity"] == "10000"
+    assert data["backtests"] == []
+    assert "none yet" in response.content.decode()
+    run = BacktestRun.objects.create(
+        rule_version=desk["config"].active_version,
+        rule_checksum="0" * 64,
+        parameters={
+            "symbols": ["BTCUSDT"],
+            "since": "2023-03-01T01:00:00+00:00",
+            "until": "2023-03-02T00:00:00+00:00",
+        },
+        status=BacktestRun.Status.SUCCEEDED,
+        results={"net_pnl": "12.50", "equity_curve": {"times_ms": list(range(1000))}},
+        created_by="cli:test",
+        created_at=datetime(2026, 12, 1, tzinfo=UTC),
+    )
+    response = Client().get("/trading/")
+    [listed] = page_data(response, "trading-data")["backtests"]
+    assert listed["net_pnl"] == "12.50"
+    assert listed["report"] == f"/trading/backtests/{run.pk}/report/"
+    assert f'href="/trading/backtests/{run.pk}/report/"' in response.content.decode()
     assert Client().get("/trading/?mode=live").status_code == 200
     response = Client().get("/trading.json?mode=paper")
     assert response.status_code == 400

@@ -59,6 +59,11 @@ KNOWN_VARIABLES: tuple[str, ...] = (
     "OASIS_FEE_BPS",
     "OASIS_SLIPPAGE_BPS",
     "OASIS_BROADCAST_RELAY_URL",
+    "OASIS_SLACK_WEBHOOK_URL",
+    "OASIS_ALERT_EMAIL_TO",
+    "OASIS_ALERT_EMAIL_FROM",
+    "OASIS_SMTP_HOST",
+    "OASIS_SMTP_PORT",
     "OASIS_API_READ_RATE",
     "OASIS_API_WRITE_RATE",
     # Exchange credentials (trading.credentials reads them; never logged or stored).
@@ -110,6 +115,12 @@ class Environment:
     # Without Redis (make run), the web process relays WebSocket broadcasts that other
     # processes post here (oasis_site/broadcast.py); None: the channel layer carries them.
     broadcast_relay_url: str | None = None
+    # Alert notifications (audit/notifications.py): none configured, none sent.
+    slack_webhook_url: str | None = None
+    alert_email_to: tuple[str, ...] = ()
+    alert_email_from: str = "oasis@localhost"
+    smtp_host: str | None = None
+    smtp_port: int = 25
     # REST API throttling: requests per client IP and per route, for reads (GET) and writes.
     api_read_rate: str = "600/min"
     api_write_rate: str = "60/min"
@@ -269,6 +280,23 @@ def read_environment(environ: Mapping[str, str], *, base_dir: Path) -> Environme
     api_read_rate = _parse_rate("OASIS_API_READ_RATE", get("OASIS_API_READ_RATE"), default="600/min")
     api_write_rate = _parse_rate("OASIS_API_WRITE_RATE", get("OASIS_API_WRITE_RATE"), default="60/min")
 
+    slack_webhook_url = get("OASIS_SLACK_WEBHOOK_URL")
+    if slack_webhook_url is not None:
+        _check_url(
+            "OASIS_SLACK_WEBHOOK_URL",
+            slack_webhook_url,
+            ("https", "http"),
+            "https://hooks.slack.com/services/...",
+        )
+    alert_email_to = tuple(_parse_list(get("OASIS_ALERT_EMAIL_TO")))
+    for address in (*alert_email_to, get("OASIS_ALERT_EMAIL_FROM") or "oasis@localhost"):
+        if "@" not in address or " " in address:
+            raise ConfigurationError(
+                f"OASIS_ALERT_EMAIL_TO/OASIS_ALERT_EMAIL_FROM: {address!r} is not an e-mail address"
+            )
+    smtp_host = get("OASIS_SMTP_HOST")
+    smtp_port = _parse_int("OASIS_SMTP_PORT", get("OASIS_SMTP_PORT"), default=25, low=1, high=65535)
+
     return Environment(
         name=env_name,
         debug=debug,
@@ -294,6 +322,11 @@ def read_environment(environ: Mapping[str, str], *, base_dir: Path) -> Environme
         fee_bps=fee_bps,
         slippage_bps=slippage_bps,
         broadcast_relay_url=broadcast_relay_url,
+        slack_webhook_url=slack_webhook_url,
+        alert_email_to=alert_email_to,
+        alert_email_from=get("OASIS_ALERT_EMAIL_FROM") or "oasis@localhost",
+        smtp_host=smtp_host,
+        smtp_port=smtp_port,
         api_read_rate=api_read_rate,
         api_write_rate=api_write_rate,
         var_dir=var_dir,

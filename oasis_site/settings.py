@@ -51,6 +51,15 @@ OASIS_BROADCAST_RELAY_URL = ENV.broadcast_relay_url
 OASIS_WS_MAX_SUBSCRIPTIONS = 64
 OASIS_WS_MAX_MESSAGES_PER_S = 20
 OASIS_WS_MAX_MESSAGE_BYTES = 4096
+# Alert notifications (audit/notifications.py).
+OASIS_SLACK_WEBHOOK_URL = ENV.slack_webhook_url
+OASIS_ALERT_EMAIL_TO = ENV.alert_email_to
+DEFAULT_FROM_EMAIL = ENV.alert_email_from
+if ENV.smtp_host:
+    EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+    EMAIL_HOST = ENV.smtp_host
+    EMAIL_PORT = ENV.smtp_port
+    EMAIL_TIMEOUT = 5
 # The operations page reads buffer lag and reconnects from the ingest and trade processes'
 # own /metrics (their ports as `make run` and deploy/ start them).
 OASIS_PROCESS_METRICS_URLS = {

@@ -66,6 +66,7 @@ KNOWN_VARIABLES: tuple[str, ...] = (
     "OASIS_SMTP_PORT",
     "OASIS_API_READ_RATE",
     "OASIS_API_WRITE_RATE",
+    "OASIS_WORKER_METRICS_PORT",
     # Exchange credentials (trading.credentials reads them; never logged or stored).
     *(
         f"OASIS_{name.upper()}_{kind}"
@@ -124,6 +125,8 @@ class Environment:
     # REST API throttling: requests per client IP and per route, for reads (GET) and writes.
     api_read_rate: str = "600/min"
     api_write_rate: str = "60/min"
+    # Celery worker /metrics: pool process i listens on this port + i (oasis_site/celery.py); 0: off.
+    worker_metrics_port: int = 9103
     var_dir: Path = field(repr=False, default=Path("var"))
 
     @property
@@ -280,6 +283,10 @@ def read_environment(environ: Mapping[str, str], *, base_dir: Path) -> Environme
     api_read_rate = _parse_rate("OASIS_API_READ_RATE", get("OASIS_API_READ_RATE"), default="600/min")
     api_write_rate = _parse_rate("OASIS_API_WRITE_RATE", get("OASIS_API_WRITE_RATE"), default="60/min")
 
+    worker_metrics_port = _parse_int(
+        "OASIS_WORKER_METRICS_PORT", get("OASIS_WORKER_METRICS_PORT"), default=9103, low=0, high=65535
+    )
+
     slack_webhook_url = get("OASIS_SLACK_WEBHOOK_URL")
     if slack_webhook_url is not None:
         _check_url(
@@ -329,6 +336,7 @@ def read_environment(environ: Mapping[str, str], *, base_dir: Path) -> Environme
         smtp_port=smtp_port,
         api_read_rate=api_read_rate,
         api_write_rate=api_write_rate,
+        worker_metrics_port=worker_metrics_port,
         var_dir=var_dir,
     )
 

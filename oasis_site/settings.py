@@ -66,6 +66,8 @@ OASIS_PROCESS_METRICS_URLS = {
     "ingest": "http://127.0.0.1:9101/metrics",
     "trade": "http://127.0.0.1:9102/metrics",
 }
+# Celery workers' /metrics: pool process i on this port + i (oasis_site/celery.py); 0: off.
+OASIS_WORKER_METRICS_PORT = ENV.worker_metrics_port
 
 SECRET_KEY = ENV.secret_key
 DEBUG = ENV.debug

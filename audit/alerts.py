@@ -1,8 +1,9 @@
-"""Which audit events are alerts for the operators' live feed, and how loud.
+"""Which audit events raise an alert (`audit.alerting.alert_from_event`), and how loud.
 
-An alert is not a second log: it is an audit event whose action (and, for some, payload)
-says a human should look. The dashboard's feed reads them from the audit log and receives
-new ones live (group `alerts`), so a feed never shows what the log does not hold.
+Conditions (latency over a service level, a stale stream, open gaps, drift) raise and
+resolve their alerts themselves; these are the events that are alerts by their nature: a
+human should look at every kill-switch change, rejected or unknown order, oversold position,
+failed backfill, imputed candles or disabled rule pair.
 """
 
 from __future__ import annotations
@@ -10,9 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Literal
 
-AlertLevel = Literal["critical", "warning", "info"]
-
-ALERTS_GROUP = "alerts"
+# "clear": the event says the condition behind an alert is gone (a drift check within tolerance).
+AlertLevel = Literal["critical", "warning", "info", "clear"]
 
 # Actions that are always alerts, with their level.
 ALERT_ACTIONS: dict[str, AlertLevel] = {
@@ -31,8 +31,8 @@ def alert_level(action: str, payload: Mapping[str, Any]) -> AlertLevel | None:
     """The event's alert level, or None when it is not an alert."""
     if action in ALERT_ACTIONS:
         return ALERT_ACTIONS[action]
-    if action == "trading.drift" and payload.get("over_tolerance"):
-        return "critical"
+    if action == "trading.drift":
+        return "critical" if payload.get("over_tolerance") else "clear"
     if action == "marketdata.backfill" and payload.get("reason"):
         return "warning"
     return None

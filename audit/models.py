@@ -201,3 +201,6 @@ class Notification(models.Model):
 
     class Meta:
         indexes = [models.Index(fields=["status", "next_attempt_at"], name="audit_notification_due")]
+
+    def __str__(self) -> str:
+        return f"{self.channel} {self.kind} of alert {self.alert_id}: {self.status}"

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from datetime import datetime
+from datetime import date, datetime, timedelta
 
 from django.db.models import QuerySet
+from django.utils import timezone
 
-from audit.alerts import AlertLevel, alert_actions, alert_level
 from audit.chain import GENESIS_HASH, EventContent, event_hash
-from audit.models import AuditEvent
+from audit.models import Alert, AuditEvent, CorrectiveAction, Incident
 
 
 @dataclass(frozen=True)
@@ -103,14 +103,48 @@ def latest_event(*, action: str) -> AuditEvent | None:
     return AuditEvent.objects.filter(action=action).order_by("-seq").first()
 
 
-def alert_events(*, limit: int = 50) -> list[tuple[AuditEvent, AlertLevel]]:
-    """The newest alerts, newest first (events whose action and payload make them alerts)."""
-    found: list[tuple[AuditEvent, AlertLevel]] = []
-    queryset = AuditEvent.objects.filter(action__in=alert_actions()).order_by("-seq")
-    for event in queryset.iterator(chunk_size=200):
-        level = alert_level(event.action, event.payload)
-        if level is not None:
-            found.append((event, level))
-            if len(found) >= limit:
-                break
-    return found
+def alerts_recent(*, limit: int = 50) -> list[Alert]:
+    """Firing alerts first (newest first), then the most recently resolved, up to `limit`."""
+    firing = list(Alert.objects.filter(state=Alert.State.FIRING).order_by("-last_seen", "-id")[:limit])
+    resolved = Alert.objects.filter(state=Alert.State.RESOLVED).order_by("-resolved_at", "-id")
+    return firing + list(resolved[: max(0, limit - len(firing))])
+
+
+def incidents_open() -> list[Incident]:
+    return list(Incident.objects.filter(state=Incident.State.OPEN).order_by("-opened_at"))
+
+
+def actions_overdue(*, today: date) -> list[CorrectiveAction]:
+    return list(
+        CorrectiveAction.objects.filter(status=CorrectiveAction.Status.OPEN, due_date__lt=today)
+        .select_related("incident")
+        .order_by("due_date", "id")
+    )
+
+
+@dataclass(frozen=True)
+class TimelineEntry:
+    at: datetime
+    kind: str  # "alert" or "audit"
+    text: str
+
+
+def incident_timeline(
+    incident: Incident, *, before: timedelta = timedelta(minutes=15), limit: int = 500
+) -> list[TimelineEntry]:
+    """What happened around an incident: its alerts and every audit event from a little
+    before it opened until it closed (or now), in time order."""
+    start = incident.opened_at - before
+    end = incident.closed_at or timezone.now()
+    entries = [
+        TimelineEntry(
+            alert.first_seen, "alert", f"[{alert.severity}] {alert.title} (x{alert.count}, {alert.state})"
+        )
+        for alert in incident.alerts.all()
+    ]
+    events = AuditEvent.objects.filter(created_at__gte=start, created_at__lte=end).order_by("seq")[:limit]
+    entries += [
+        TimelineEntry(event.created_at, "audit", f"#{event.seq} {event.action} by {event.actor}")
+        for event in events
+    ]
+    return sorted(entries, key=lambda entry: entry.at)

@@ -10,10 +10,9 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db import connection, models, transaction
 from django.utils import timezone
 
-from audit.alerts import ALERTS_GROUP, alert_level
+from audit.alerts import alert_level
 from audit.chain import GENESIS_HASH, EventContent, event_hash, normalise_payload
 from audit.models import AuditEvent
-from oasis_site.broadcast import broadcast_after_commit
 
 logger = structlog.get_logger(__name__)
 
@@ -87,18 +86,8 @@ def audit_record(
         )
         level = alert_level(event.action, clean_payload)
         if level is not None:
-            broadcast_after_commit(ALERTS_GROUP, {"type": "alert.new", "alert": alert_payload(event, level)})
+            # Same transaction: the alert exists exactly when the event that raised it does.
+            from audit.alerting import alert_from_event
+
+            alert_from_event(event, level)
     return event
-
-
-def alert_payload(event: AuditEvent, level: str) -> dict[str, Any]:
-    """What the dashboard's alert feed shows of one alert event (live and on first render)."""
-    return {
-        "seq": event.seq,
-        "level": level,
-        "at": event.created_at.isoformat(),
-        "actor": event.actor,
-        "action": event.action,
-        "object": f"{event.object_type}:{event.object_id}" if event.object_type else "",
-        "payload": event.payload,
-    }

@@ -16,6 +16,8 @@ from typing import Any
 from celery import shared_task
 from django.conf import settings
 
+from audit.alerting import alert_raise, alert_resolve
+from audit.models import AlertSeverity
 from marketdata.broadcasts import candles_broadcast
 from marketdata.core.timeframes import Timeframe
 from marketdata.events import candles_closed
@@ -64,12 +66,27 @@ def resample_refresh(symbol_id: int, timeframe: str, first_ms: int, last_ms: int
     return written
 
 
+GAPS_ALERT_KEY = "marketdata.gaps_open"
+
+
 @shared_task(name="marketdata.gaps_scan", acks_late=True, expires=300)
 def gaps_scan_task(now: str | None = None) -> dict[str, int]:
     """Record the gaps of every ingested stream, then start a backfill for each one that is due.
     `now` (ISO 8601, default the current time) is the moment the scan judges from."""
     moment = None if now is None else datetime.fromisoformat(now)
     result = gaps_scan(now=moment)
+    open_gaps = Gap.objects.filter(status__in=[Gap.Status.OPEN, Gap.Status.FAILED]).count()
+    if open_gaps:
+        alert_raise(
+            key=GAPS_ALERT_KEY,
+            severity=AlertSeverity.WARNING,
+            title=f"{open_gaps} gap(s) of missing candles open",
+            detail="being backfilled; a failed one is retried with backoff (operations page)",
+            payload={"open": open_gaps},
+            actor="system:gaps",
+        )
+    else:
+        alert_resolve(key=GAPS_ALERT_KEY, actor="system:gaps")
     started = 0
     for gap in Gap.objects.filter(pk__in=gaps_due(now=moment)).only("symbol_id", "timeframe"):
         gap_backfill_start(gap)

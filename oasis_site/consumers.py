@@ -5,7 +5,7 @@ events (HouseStyle: consumers stay thin). A client subscribes to topics, each a 
 
 - ``candles.<SYMBOL>.<tf>``: closed candles of one series (``candle.update``);
 - ``signals`` (``signals.new``), ``orders`` (``order.update``), ``killswitch``
-  (``killswitch.update``), ``alerts`` (``alert.new``).
+  (``killswitch.update``), ``alerts`` (``alert.update``).
 
 Client → server frames are JSON objects: ``{"type": "subscribe", "topics": [...]}``,
 ``{"type": "unsubscribe", "topics": [...]}`` and ``{"type": "ping", "id": ...}``. Server →
@@ -244,5 +244,5 @@ class LiveConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels sh
     async def killswitch_update(self, event: dict[str, Any]) -> None:
         await self._forward("killswitch", event)
 
-    async def alert_new(self, event: dict[str, Any]) -> None:
+    async def alert_update(self, event: dict[str, Any]) -> None:
         await self._forward("alerts", event)

@@ -64,6 +64,8 @@ KNOWN_VARIABLES: tuple[str, ...] = (
     "OASIS_ALERT_EMAIL_FROM",
     "OASIS_SMTP_HOST",
     "OASIS_SMTP_PORT",
+    "OASIS_SLO_WINDOW_S",
+    "OASIS_SLO_CHECK_S",
     "OASIS_API_READ_RATE",
     "OASIS_API_WRITE_RATE",
     "OASIS_WORKER_METRICS_PORT",
@@ -122,6 +124,9 @@ class Environment:
     alert_email_from: str = "oasis@localhost"
     smtp_host: str | None = None
     smtp_port: int = 25
+    # Service-level monitors (audit/monitors.py): the window their p95 covers, how often checked.
+    slo_window_s: int = 120
+    slo_check_s: int = 10
     # REST API throttling: requests per client IP and per route, for reads (GET) and writes.
     api_read_rate: str = "600/min"
     api_write_rate: str = "60/min"
@@ -304,6 +309,11 @@ def read_environment(environ: Mapping[str, str], *, base_dir: Path) -> Environme
     smtp_host = get("OASIS_SMTP_HOST")
     smtp_port = _parse_int("OASIS_SMTP_PORT", get("OASIS_SMTP_PORT"), default=25, low=1, high=65535)
 
+    slo_window_s = _parse_int(
+        "OASIS_SLO_WINDOW_S", get("OASIS_SLO_WINDOW_S"), default=120, low=5, high=86_400
+    )
+    slo_check_s = _parse_int("OASIS_SLO_CHECK_S", get("OASIS_SLO_CHECK_S"), default=10, low=1, high=3600)
+
     return Environment(
         name=env_name,
         debug=debug,
@@ -334,6 +344,8 @@ def read_environment(environ: Mapping[str, str], *, base_dir: Path) -> Environme
         alert_email_from=get("OASIS_ALERT_EMAIL_FROM") or "oasis@localhost",
         smtp_host=smtp_host,
         smtp_port=smtp_port,
+        slo_window_s=slo_window_s,
+        slo_check_s=slo_check_s,
         api_read_rate=api_read_rate,
         api_write_rate=api_write_rate,
         worker_metrics_port=worker_metrics_port,

@@ -55,6 +55,14 @@ OASIS_WS_MAX_MESSAGE_BYTES = 4096
 OASIS_SLACK_WEBHOOK_URL = ENV.slack_webhook_url
 OASIS_ALERT_EMAIL_TO = ENV.alert_email_to
 DEFAULT_FROM_EMAIL = ENV.alert_email_from
+# Service levels (the brief's): over them, a critical alert (and an incident).
+OASIS_SLO_INGEST_P95_MS = 300.0
+OASIS_SLO_POST_CLOSE_P95_MS = 500.0
+OASIS_SLO_WINDOW_S = ENV.slo_window_s
+OASIS_SLO_CHECK_S = ENV.slo_check_s
+# Each process sends its alerts' notifications from a background thread; tests send them
+# explicitly (audit.notifications.notifications_dispatch) or switch this on.
+OASIS_ALERT_DISPATCH_THREAD = ENV.name != "test"
 if ENV.smtp_host:
     EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
     EMAIL_HOST = ENV.smtp_host
@@ -175,6 +183,12 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     "marketdata-gaps-scan": {"task": "marketdata.gaps_scan", "schedule": 60.0},
     # Backtest vs dry-run over the last hour, decision by decision (trading.drift).
     "trading-drift-check": {"task": "trading.drift_check", "schedule": 3600.0},
+    # Alert notifications due (retries, and any a process left unsent): audit.notifications.
+    "audit-notifications-dispatch": {"task": "audit.notifications_dispatch", "schedule": 15.0},
+    # Alerts raised by events resolve after an hour without a recurrence.
+    "audit-alerts-expire": {"task": "audit.alerts_expire", "schedule": 300.0},
+    # The whole audit hash chain, re-verified; a break is a critical alert.
+    "audit-chain-verify": {"task": "audit.chain_verify", "schedule": 6 * 3600.0},
 }
 
 AUTH_PASSWORD_VALIDATORS = [

@@ -21,7 +21,7 @@ def events():
     for index in range(7):
         audit_record(
             actor="user:desk" if index % 2 else "system:ingestor",
-            action="trading.killswitch" if index < 3 else "rules.version.create",
+            action="trading.balance.set" if index < 3 else "rules.version.create",
             payload={"index": index, "price": "27450.12000000"},
         )
 

@@ -19,6 +19,7 @@ import structlog
 from django.conf import settings
 from django.db import connections
 
+from audit.monitors import ServiceLevelMonitor
 from marketdata.broadcasts import candles_broadcast
 from marketdata.events import ClosedCandle, candles_closed
 from marketdata.resampling import RefreshRequest, derived_candles_refresh, refresh_requests
@@ -46,9 +47,12 @@ def closed_candle_event(write: CandleWrite, *, symbol: str, committed_at: float)
 
 
 class DerivedRefresher:
-    def __init__(self) -> None:
+    def __init__(self, *, latency_monitor: ServiceLevelMonitor | None = None) -> None:
         self._use_celery = not settings.CELERY_TASK_ALWAYS_EAGER
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="derived-candles")
+        # WS → persisted per timeframe (the exchange's event time to our commit), for the
+        # service-level alert; checked from the worker thread, never on the event loop.
+        self._monitor = latency_monitor
 
     def after_commit(self, batch: list[CandleWrite], committed_at: float, took: float) -> None:
         """`CandleWriter` on_committed hook (runs on the event loop: only hands work over).
@@ -57,6 +61,13 @@ class DerivedRefresher:
         names = {write.symbol_id: write.kline.symbol for write in batch}
         events = [closed_candle_event(w, symbol=names[w.symbol_id], committed_at=committed_at) for w in batch]
         candles_broadcast(events)
+        if self._monitor is not None:
+            for write in batch:
+                event_ms = write.kline.event_time_ms
+                if event_ms is not None:
+                    self._monitor.add(
+                        write.kline.timeframe.value, committed_at * 1000 - event_ms, at=committed_at
+                    )
         self._executor.submit(self._after_commit, batch, events)
 
     def close(self) -> None:
@@ -75,6 +86,8 @@ class DerivedRefresher:
         ]
         candles_broadcast(derived_events)
         candles_closed(events + derived_events)
+        if self._monitor is not None:
+            self._monitor.maybe_check()
 
     def _refresh(self, request: RefreshRequest, derived: list[CandleWrite]) -> None:
         try:

@@ -25,9 +25,9 @@ from django.urls import reverse
 from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
+from audit.alerting import alert_payload
 from audit.models import AuditEvent
-from audit.selectors import alert_events
-from audit.services import alert_payload
+from audit.selectors import actions_overdue, alerts_recent, incidents_open
 from marketdata.core.timeframes import Timeframe
 from marketdata.models import Candle, Gap, Symbol
 from rules.engine.base import CandleSeries
@@ -144,7 +144,7 @@ def killswitch_banner() -> dict[str, Any]:
 
 
 def alerts(limit: int = 30) -> list[dict[str, Any]]:
-    return [alert_payload(event, level) for event, level in alert_events(limit=limit)]
+    return [alert_payload(alert) for alert in alerts_recent(limit=limit)]
 
 
 def signal_latencies_ms(*, since: datetime, limit: int = 5000) -> list[float]:
@@ -190,8 +190,38 @@ def service_levels(*, now: datetime | None = None) -> dict[str, Any]:
     }
 
 
+def incidents() -> dict[str, Any]:
+    today = timezone.now().astimezone(UTC).date()
+    return {
+        "open": [
+            {
+                "id": incident.pk,
+                "title": incident.title,
+                "severity": incident.severity,
+                "opened_at": _iso(incident.opened_at),
+                "opened_by": incident.opened_by,
+                "alerts": incident.alerts.count(),
+                "actions": incident.actions.count(),
+                "admin": reverse("admin:audit_incident_change", args=[incident.pk]),
+            }
+            for incident in incidents_open()
+        ],
+        "overdue_actions": [
+            {
+                "incident": action.incident_id,
+                "description": action.description,
+                "owner": action.owner,
+                "due_date": action.due_date.isoformat(),
+                "admin": reverse("admin:audit_incident_change", args=[action.incident_id]),
+            }
+            for action in actions_overdue(today=today)
+        ],
+    }
+
+
 def overview() -> dict[str, Any]:
     return {
+        "incidents": incidents(),
         "heatmap": heatmap(),
         "killswitch": killswitch_banner(),
         "alerts": alerts(),

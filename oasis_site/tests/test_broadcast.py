@@ -131,23 +131,39 @@ def test_alert_events_are_broadcast_after_commit_and_others_are_not(
     with django_capture_on_commit_callbacks(execute=True):
         audit_record(actor="system:test", action="rules.config.update", payload={"name": "x"})
         audit_record(actor="system:drift", action="trading.drift", payload={"over_tolerance": False})
-        event = audit_record(
+        audit_record(
             actor="system:execution", action="trading.order.rejected", payload={"reason": "min_notional"}
         )
     message = alerts.next()
     assert message is not None
-    assert message["type"] == "alert.new"
-    assert message["alert"]["seq"] == event.seq
-    assert message["alert"]["level"] == "warning"
-    assert message["alert"]["action"] == "trading.order.rejected"
-    assert message["alert"]["payload"] == {"reason": "min_notional"}
+    assert message["type"] == "alert.update"
+    alert = message["alert"]
+    assert (alert["key"], alert["severity"], alert["state"], alert["count"]) == (
+        "trading.order.rejected",
+        "warning",
+        "firing",
+        1,
+    )
+    assert alert["title"] == "trading.order.rejected: min_notional"
     assert alerts.next(timeout=0.2) is None
 
+    # A recurrence counts on the same alert; a drift over tolerance is critical.
     with django_capture_on_commit_callbacks(execute=True):
+        audit_record(
+            actor="system:execution", action="trading.order.rejected", payload={"reason": "lot_size"}
+        )
         audit_record(actor="system:drift", action="trading.drift", payload={"over_tolerance": True})
+    first, second = alerts.next(), alerts.next()
+    assert first is not None
+    assert second is not None
+    assert (first["alert"]["key"], first["alert"]["count"]) == ("trading.order.rejected", 2)
+    assert (second["alert"]["key"], second["alert"]["severity"]) == ("trading.drift", "critical")
+    # The next drift check within tolerance resolves it.
+    with django_capture_on_commit_callbacks(execute=True):
+        audit_record(actor="system:drift", action="trading.drift", payload={"over_tolerance": False})
     message = alerts.next()
     assert message is not None
-    assert (message["alert"]["action"], message["alert"]["level"]) == ("trading.drift", "critical")
+    assert (message["alert"]["key"], message["alert"]["state"]) == ("trading.drift", "resolved")
 
 
 @pytest.mark.django_db

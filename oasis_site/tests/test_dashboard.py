@@ -148,8 +148,13 @@ def test_overview_shows_heatmap_tiles_alerts_and_the_kill_switch(desk, django_as
     assert levels["orders_today"] in (0, 1)  # the order was made "now"; today is UTC
     assert data["killswitch"]["state"] == "halted"
     assert data["killswitch"]["reason"] == "desk drill"
-    actions = [alert["action"] for alert in data["alerts"]]
-    assert actions[0] == "trading.killswitch"
+    [alert] = data["alerts"]
+    assert (alert["key"], alert["severity"], alert["state"]) == ("killswitch", "critical", "firing")
+    assert alert["title"] == "Kill switch HALTED: desk drill"
+    [incident] = data["incidents"]["open"]
+    assert incident["severity"] == "critical"
+    assert incident["alerts"] == 1
+    assert data["incidents"]["overdue_actions"] == []
     assert page_data(response, "killswitch-data")["state"] == "halted"
     assert client.get("/overview.json").json()["heatmap"] == heat
 

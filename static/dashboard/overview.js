@@ -66,14 +66,15 @@
 
   function alertItem(alert, fresh) {
     var item = document.createElement("li");
-    item.className = alert.level + (fresh ? " fresh" : "");
-    item.dataset.seq = alert.seq;
-    var summary = alert.payload && (alert.payload.reason || alert.payload.to || alert.payload.detail || "");
+    item.className = alert.severity + " " + alert.state + (fresh ? " fresh" : "");
+    item.dataset.id = alert.id;
     var when = document.createElement("div");
     when.className = "when";
-    when.textContent = Oasis.time(alert.at) + " · " + alert.level + " · " + alert.actor;
+    when.textContent = Oasis.time(alert.last_seen) + " · " + alert.severity + " · " + alert.state +
+      (alert.count > 1 ? " · ×" + alert.count : "") + (alert.incident ? " · incident " + alert.incident : "");
     var what = document.createElement("div");
-    what.textContent = alert.action + (alert.object ? " " + alert.object : "") + (summary ? ": " + summary : "");
+    what.textContent = alert.title;
+    item.title = alert.detail || "";
     item.appendChild(when);
     item.appendChild(what);
     return item;
@@ -86,10 +87,22 @@
     document.getElementById("alerts-empty").hidden = alerts.length > 0;
   }
 
+  function renderIncidents(incidents) {
+    var section = document.getElementById("incidents");
+    section.hidden = incidents.open.length === 0 && incidents.overdue_actions.length === 0;
+    Oasis.fillTable("incidents-open", incidents.open.map(function (i) {
+      return { cells: [i.id, [i.severity, "status-" + i.severity], i.title, Oasis.time(i.opened_at), i.alerts, i.actions] };
+    }));
+    Oasis.fillTable("actions-overdue", incidents.overdue_actions.map(function (a) {
+      return { cells: [a.incident, a.description, a.owner, [a.due_date, "status-rejected"]] };
+    }));
+  }
+
   function render(overview) {
     renderTiles(overview.service_levels);
     renderHeatmap(overview.heatmap);
     renderAlerts(overview.alerts);
+    renderIncidents(overview.incidents);
     Oasis.killswitch(overview.killswitch);
   }
 
@@ -105,10 +118,13 @@
   render(data);
   setInterval(refresh, 10000);
   Oasis.live(["alerts", "signals"], function (event) {
-    if (event.type === "alert.new") {
+    if (event.type === "alert.update") {
       var list = document.getElementById("alerts");
-      if (!list.querySelector('[data-seq="' + event.alert.seq + '"]')) list.insertBefore(alertItem(event.alert, true), list.firstChild);
+      var old = list.querySelector('[data-id="' + event.alert.id + '"]');
+      if (old) old.remove();
+      list.insertBefore(alertItem(event.alert, true), list.firstChild);
       document.getElementById("alerts-empty").hidden = true;
+      refresh();
     } else if (event.type === "signals.new") {
       refresh();
     }

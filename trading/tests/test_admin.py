@@ -14,7 +14,7 @@ from django.contrib.auth.models import Permission, User
 from django.test import Client
 from django.urls import reverse
 
-from audit.models import AuditEvent
+from audit.models import Alert, AuditEvent
 from audit.selectors import audit_chain_verify
 from marketdata.tests.factories import SymbolFactory
 from trading.core.types import (
@@ -275,7 +275,7 @@ def test_engage_from_the_admin_is_audited_under_the_user(admin_client, admin_use
         f"user:{admin_user.username}",
         "",
     )
-    event = AuditEvent.objects.get()
+    event = AuditEvent.objects.get(action="trading.killswitch")
     assert (event.action, event.actor, event.object_type, event.object_id) == (
         "trading.killswitch",
         "user:admin",
@@ -291,7 +291,13 @@ def test_engage_from_the_admin_is_audited_under_the_user(admin_client, admin_use
 
     admin_client.post(killswitch_url("engage"), {"state": "halted", "reason": "worse"})
     assert killswitch_view().state == "halted"
-    assert AuditEvent.objects.order_by("-seq").first().payload["from"] == "reducing"  # type: ignore[union-attr]
+    last = AuditEvent.objects.filter(action="trading.killswitch").order_by("-seq").first()
+    assert last is not None
+    assert last.payload["from"] == "reducing"
+    # Engaged: one critical alert (deduplicated across both changes) and an incident.
+    [alert] = Alert.objects.all()
+    assert (alert.key, alert.severity, alert.state, alert.count) == ("killswitch", "critical", "firing", 2)
+    assert alert.incident is not None
     assert audit_chain_verify().intact
 
 
@@ -315,7 +321,7 @@ def test_engage_without_a_valid_reason_or_state_changes_nothing(admin_client, fo
     assert 'class="error"' in page  # shown as an admin error message
     assert message in page
     assert KillSwitch.objects.values().get() == before
-    assert AuditEvent.objects.count() == 1
+    assert AuditEvent.objects.filter(action="trading.killswitch").count() == 1
 
 
 def test_release_from_the_admin(admin_client):
@@ -328,7 +334,7 @@ def test_release_from_the_admin(admin_client):
     assert "Kill switch released: ACTIVE." in page_text(response)
     view = killswitch_view()
     assert (view.state, view.reason, view.changed_by) == ("active", "drill over", "user:admin")
-    event = AuditEvent.objects.order_by("-seq").first()
+    event = AuditEvent.objects.filter(action="trading.killswitch").order_by("-seq").first()
     assert event is not None
     assert (event.actor, event.payload["from"], event.payload["to"]) == ("user:admin", "halted", "active")
     page = page_text(admin_client.get(killswitch_url()))
@@ -348,7 +354,7 @@ def test_get_changes_nothing(admin_client):
     assert admin_client.get(killswitch_url("add")).status_code == 403
     assert admin_client.post(reverse("admin:trading_killswitch_delete", args=[1])).status_code == 403
     assert KillSwitch.objects.get().state == "halted"
-    assert AuditEvent.objects.count() == 1
+    assert AuditEvent.objects.filter(action="trading.killswitch").count() == 1
 
 
 def test_csrf_is_enforced(admin_user):
@@ -378,4 +384,4 @@ def test_a_user_with_the_change_permission_may_engage(db):
     client.force_login(user)
     response = client.post(killswitch_url("engage"), {"state": "halted", "reason": "on call"})
     assert response.status_code == 302
-    assert AuditEvent.objects.get().actor == "user:ops"
+    assert AuditEvent.objects.get(action="trading.killswitch").actor == "user:ops"

@@ -8,6 +8,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from prometheus_client import start_http_server
 
+from audit.monitors import ServiceLevelMonitor
 from marketdata.exchanges import PROFILES, exchange_profile
 from marketdata.ingest.derived import DerivedRefresher
 from marketdata.ingest.engine import IngestEngine
@@ -62,7 +63,15 @@ class Command(BaseCommand):
             f"{profile.name} ({profile.ws_url}); {len(resume)} streams resume from stored candles"
         )
         self.stdout.flush()
-        refresher = DerivedRefresher()
+        monitor = ServiceLevelMonitor(
+            key="slo.ingest_p95",
+            title="WS → persisted",
+            threshold_ms=settings.OASIS_SLO_INGEST_P95_MS,
+            window_s=settings.OASIS_SLO_WINDOW_S,
+            interval_s=settings.OASIS_SLO_CHECK_S,
+            actor="system:ingest",
+        )
+        refresher = DerivedRefresher(latency_monitor=monitor)
         writer = CandleWriter(on_committed=refresher.after_commit)
         engine = IngestEngine(
             profile=profile,

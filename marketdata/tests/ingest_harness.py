@@ -114,12 +114,14 @@ def ingest_env(sim: SimExchangeThread) -> dict[str, str]:
     }
 
 
-def start_ingest(sim: SimExchangeThread, *args: str, log: Path) -> subprocess.Popen[str]:
+def start_ingest(
+    sim: SimExchangeThread, *args: str, log: Path, env: Mapping[str, str] | None = None
+) -> subprocess.Popen[str]:
     with log.open("a") as sink:
         return subprocess.Popen(
             [sys.executable, "manage.py", "ingest", "--exchange", "sim", "--metrics-port", "0", *args],
             cwd=ROOT,
-            env=ingest_env(sim),
+            env={**ingest_env(sim), **(env or {})},
             stdout=sink,
             stderr=subprocess.STDOUT,
             text=True,

@@ -35,7 +35,7 @@ DOCKERIGNORE = ROOT / ".dockerignore"
 APP_SERVICES = ("web", "worker", "beat")
 COMPOSE_ONLY_SECTION = "docker-compose only"
 # Variables compose must refuse to start without (`${NAME:?message}`).
-REQUIRED_SECRETS = ("SECRET_KEY", "POSTGRES_PASSWORD")
+REQUIRED_SECRETS = ("SECRET_KEY", "POSTGRES_PASSWORD", "GRAFANA_ADMIN_PASSWORD")
 
 _SECTION = re.compile(r"^# ==== (?P<title>[^=]+?) ====$")
 _ENTRY = re.compile(r"^(?P<commented># )?(?P<name>[A-Z][A-Z0-9_]*)=(?P<value>.*)$")
@@ -236,6 +236,7 @@ def prod_dot_env(example_values: dict[str, str]) -> dict[str, str]:
         "ALLOWED_HOSTS": "desk.example.com",
         "POSTGRES_PASSWORD": "pg-test-password",
         "MONGO_INITDB_ROOT_PASSWORD": "mongo-test-password",
+        "GRAFANA_ADMIN_PASSWORD": "grafana-test-password",
     }
 
 
@@ -436,7 +437,8 @@ def test_app_services_get_a_valid_prod_environment(
         assert env.redis_url == "redis://redis:6379/0", f"{name}: {env.redis_url}"
         assert env.mongo_url is not None, f"{name} has no MONGO_URL"
         assert "@mongo:27017/" in env.mongo_url, f"{name}: MONGO_URL must point at the mongo service"
-        assert env.allowed_hosts == ["desk.example.com"], f"{name}: ALLOWED_HOSTS from .env"
+        # "web" appended: Prometheus scrapes web:8000/metrics with that Host header.
+        assert env.allowed_hosts == ["desk.example.com", "web"], f"{name}: ALLOWED_HOSTS from .env, and web"
 
 
 def test_web_serves_on_all_interfaces_published_on_loopback(services: dict[str, dict[str, Any]]) -> None:

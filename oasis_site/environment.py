@@ -130,7 +130,8 @@ class Environment:
     # REST API throttling: requests per client IP and per route, for reads (GET) and writes.
     api_read_rate: str = "600/min"
     api_write_rate: str = "60/min"
-    # Celery worker /metrics: pool process i listens on this port + i (oasis_site/celery.py); 0: off.
+    # Celery worker /metrics: pool process i listens on this port + i (oasis_site/celery.py); 0: off
+    # (the default in test).
     worker_metrics_port: int = 9103
     var_dir: Path = field(repr=False, default=Path("var"))
 
@@ -288,8 +289,13 @@ def read_environment(environ: Mapping[str, str], *, base_dir: Path) -> Environme
     api_read_rate = _parse_rate("OASIS_API_READ_RATE", get("OASIS_API_READ_RATE"), default="600/min")
     api_write_rate = _parse_rate("OASIS_API_WRITE_RATE", get("OASIS_API_WRITE_RATE"), default="60/min")
 
+    # Off in tests: an in-process test worker must not hold a port on the machine.
     worker_metrics_port = _parse_int(
-        "OASIS_WORKER_METRICS_PORT", get("OASIS_WORKER_METRICS_PORT"), default=9103, low=0, high=65535
+        "OASIS_WORKER_METRICS_PORT",
+        get("OASIS_WORKER_METRICS_PORT"),
+        default=0 if env_name == "test" else 9103,
+        low=0,
+        high=65535,
     )
 
     slack_webhook_url = get("OASIS_SLACK_WEBHOOK_URL")

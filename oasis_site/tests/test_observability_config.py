@@ -575,8 +575,9 @@ def test_one_scrape_config_covers_every_process_on_its_port(tmp_path: Path) -> N
     # worker: OASIS_WORKER_METRICS_PORT + i for each of compose's --concurrency pool processes.
     command = services["worker"]["command"]
     concurrency = int(command[command.index("--concurrency") + 1])
-    base = read_environment({"OASIS_ENV": "test"}, base_dir=tmp_path).worker_metrics_port
+    base = read_environment({"OASIS_ENV": "dev"}, base_dir=tmp_path).worker_metrics_port
     assert targets["worker"] == [f"worker:{base + i}" for i in range(concurrency)]
+    assert read_environment({"OASIS_ENV": "test"}, base_dir=tmp_path).worker_metrics_port == 0, "off in tests"
 
 
 # --- Grafana -------------------------------------------------------------------------------------

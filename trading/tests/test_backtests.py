@@ -271,6 +271,12 @@ def test_a_long_span_read_in_parts_is_the_same_read(
         assert parts.exact(row)[3] == parts.exact_close(row)
         assert str(parts.exact(row)[0]) == str(whole.exact(row)[0])  # the stored digits, exponent kept
 
+    with connection.cursor() as cursor:  # JIT is off while candles are read, then as it was
+        cursor.execute("SET jit = on")
+        backtests._stored_candles(symbol.pk, Timeframe.M1, since=since, until=until)
+        cursor.execute("SHOW jit")
+        assert cursor.fetchone()[0] == "on"
+
     reading = backtests._stored_parts(symbol.pk, Timeframe.M1, since, until)
     next(reading)
     reading.close()  # the next part was in flight

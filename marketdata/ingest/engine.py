@@ -68,6 +68,10 @@ class IngestEngine:
         lookback_candles: int = 60,
         silence_grace: float = 2.0,
         backfill_concurrency: int = 4,
+        stale_after_s: float = 60.0,
+        storm_reconnects: int = 10,
+        storm_window_s: float = 300.0,
+        health_alerts: bool = False,
     ) -> None:
         self._profile = profile
         self._symbol_ids = dict(symbol_ids)
@@ -94,6 +98,18 @@ class IngestEngine:
         self._reported_kinds: set[str] = set()
         self._frames = self._closed = self._rejected = self._ignored = self._backfilled = 0
         self._gap_tasks: set[asyncio.Task[None]] = set()
+        # Health: a stream silent for `stale_after_s` is stale (its connection is reconnected,
+        # once per `stale_after_s`); `storm_reconnects` reconnections within `storm_window_s`
+        # are a storm. Both raise alerts (off the loop) when `health_alerts` is on.
+        self._stale_after_s = stale_after_s
+        self._storm_reconnects, self._storm_window_s = storm_reconnects, storm_window_s
+        self._health_alerts = health_alerts
+        self._connections: dict[str, StreamConnection] = {}
+        self._assisted: dict[str, float] = {}
+        self._alert_state: dict[str, bool] = {}
+        self._alert_refreshed: dict[str, float] = {}
+        self._health_calls: set[asyncio.Future[None]] = set()
+        self.assisted_reconnects = 0
 
     # -- running ----------------------------------------------------------------------------
 
@@ -118,6 +134,9 @@ class IngestEngine:
                             label=f"{self._profile.name}#{index // per_connection + 1}",
                         )
                     )
+                for conn in connections:
+                    for name in conn.streams:
+                        self._connections[name] = conn
                 tasks = [asyncio.create_task(conn.run(stop)) for conn in connections]
                 tasks.append(asyncio.create_task(self._watch(stop)))
                 await asyncio.gather(*tasks)
@@ -265,10 +284,13 @@ class IngestEngine:
                 await asyncio.wait_for(stop.wait(), timeout=1.0)
             now_wall_ms = time.time() * 1000
             now = time.monotonic()
+            stale: list[tuple[str, Timeframe, float]] = []
             for (symbol, timeframe), buffer in self._buffers.items():
                 if buffer.last_frame_wall_ms is not None:
                     lag = (now_wall_ms - buffer.last_frame_wall_ms) / 1000
                     self._lag_gauges[(symbol, timeframe)].set(lag)
+                    if lag > self._stale_after_s:
+                        stale.append((symbol, timeframe, lag))
                 if (symbol, timeframe) in self._pending:
                     continue
                 settled = self._settled_frontier(timeframe, now)
@@ -277,3 +299,75 @@ class IngestEngine:
                 if buffer.last_closed_ms is None or buffer.last_closed_ms < settled:
                     first = settled if buffer.last_closed_ms is None else buffer.last_closed_ms + timeframe.ms
                     self._schedule(Gap(symbol, timeframe, first, settled))
+            self._health(stale, now)
+
+    # -- health -------------------------------------------------------------------------------
+
+    def _health(self, stale: list[tuple[str, Timeframe, float]], now: float) -> None:
+        """Assisted reconnect of connections carrying stale streams, and the stale-stream and
+        reconnect-storm alerts (raised and resolved on state changes, refreshed each minute)."""
+        for connection in {
+            self._connections[stream_name(symbol, tf)]
+            for symbol, tf, _ in stale
+            if stream_name(symbol, tf) in self._connections
+        }:
+            label = id(connection)
+            last = self._assisted.get(str(label))
+            if (last is None or now - last >= self._stale_after_s) and connection.request_reconnect(
+                f"stream silent over {self._stale_after_s:.0f} s"
+            ):
+                self._assisted[str(label)] = now
+                self.assisted_reconnects += 1
+        exchange = self._profile.name
+        worst = sorted(stale, key=lambda item: -item[2])[:5]
+        self._alert(
+            f"ingest.stale.{exchange}",
+            bool(stale),
+            title=f"{len(stale)} stream(s) of {exchange} silent over {self._stale_after_s:.0f} s",
+            detail=", ".join(f"{symbol} {tf.value} {lag:.0f} s" for symbol, tf, lag in worst),
+            now=now,
+        )
+        storm_since = now - self._storm_window_s
+        recent = sum(
+            sum(1 for at in conn.reconnects if at >= storm_since) for conn in set(self._connections.values())
+        )
+        self._alert(
+            f"ingest.reconnect_storm.{exchange}",
+            recent >= self._storm_reconnects,
+            title=f"{recent} WebSocket reconnections to {exchange} in {self._storm_window_s / 60:.0f} min",
+            detail="the exchange or the network is dropping connections",
+            now=now,
+        )
+
+    def _alert(self, key: str, firing: bool, *, title: str, detail: str, now: float) -> None:
+        if not self._health_alerts:
+            return
+        was = self._alert_state.get(key, False)
+        refresh = firing and now - self._alert_refreshed.get(key, -1e9) >= 60
+        if firing == was and not refresh:
+            return
+        self._alert_state[key] = firing
+        if firing:
+            self._alert_refreshed[key] = now
+
+        def call() -> None:
+            from django.db import connection
+
+            from audit.alerting import alert_raise, alert_resolve
+
+            try:
+                if firing:
+                    alert_raise(
+                        key=key, severity="critical", title=title, detail=detail, actor="system:ingest"
+                    )
+                else:
+                    alert_resolve(key=key, actor="system:ingest")
+            except Exception:  # the database is down: the next state change or refresh retries
+                logger.exception("ingest_health_alert_failed", key=key)
+                self._alert_state.pop(key, None)
+            finally:
+                connection.close()  # a rare call from a pool thread: no connection left behind
+
+        future = asyncio.get_running_loop().run_in_executor(None, call)
+        self._health_calls.add(future)
+        future.add_done_callback(self._health_calls.discard)

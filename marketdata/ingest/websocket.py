@@ -13,6 +13,7 @@ import contextlib
 import random
 import socket
 import time
+from collections import deque
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
@@ -75,6 +76,24 @@ class StreamConnection:
         self._backoff_max = backoff_max
         self._heartbeat = heartbeat
         self.connects = 0
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        # Monotonic times of this connection's reconnections (for storm detection).
+        self.reconnects: deque[float] = deque(maxlen=1000)
+
+    @property
+    def streams(self) -> list[str]:
+        return list(self._streams)
+
+    def request_reconnect(self, reason: str) -> bool:
+        """Close the current socket so that `run` reconnects (and catches up over REST):
+        the assisted reconnect of a stale stream. False when not connected."""
+        ws = self._ws
+        if ws is None or ws.closed:
+            return False
+        logger.warning("ws_assisted_reconnect", connection=self._label, reason=reason)
+        task = asyncio.ensure_future(ws.close(code=aiohttp.WSCloseCode.GOING_AWAY, message=b"stale stream"))
+        self._closing = task  # keep a reference until done
+        return True
 
     async def run(self, stop: asyncio.Event) -> None:
         """Stay connected until `stop` is set."""
@@ -90,6 +109,7 @@ class StreamConnection:
             if stop.is_set():
                 break
             WS_RECONNECTS.labels(self._profile.name).inc()
+            self.reconnects.append(time.monotonic())
             if time.monotonic() - started > 10:
                 delay = self._backoff_initial  # it had been healthy: start backoff afresh
             # Full jitter: many clients dropped at once must not come back in lockstep.
@@ -103,6 +123,7 @@ class StreamConnection:
         url = f"{self._profile.ws_url}/ws"
         async with self._session.ws_connect(url, heartbeat=self._heartbeat, max_msg_size=0) as ws:
             self.connects += 1
+            self._ws = ws
             await self._subscribe(ws)
             logger.info("ws_connected", connection=self._label, streams=len(self._streams))
             # Backfill what was missed while we were away; runs beside the reading loop.

@@ -80,6 +80,8 @@ class Command(BaseCommand):
             writer=writer,
             resume_from=resume,
             lookback_candles=options["lookback"],
+            # Stale streams (reconnected, alerted) and reconnect storms raise alerts.
+            health_alerts=True,
         )
         # Django, ccxt (every exchange class) and the buffers make a heap of a few hundred
         # thousand objects that live as long as the process: frozen out of the collector's

@@ -4,8 +4,16 @@ backing service costs its figures, never the whole /metrics page."""
 
 from __future__ import annotations
 
+import os
+import random
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -158,3 +166,76 @@ def test_web_metrics_page_exports_the_scrape_time_figures(client: Client):
 )
 def test_worker_pool_process_i_serves_on_base_plus_i(base: int, index: int | None, port: int | None):
     assert worker_metrics_port(base, index) == port
+
+
+def _free_consecutive_ports(count: int) -> int:
+    for _ in range(50):
+        base = random.randint(20_000, 40_000)
+        sockets = []
+        try:
+            for port in range(base, base + count):
+                sock = socket.socket()
+                sockets.append(sock)
+                sock.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for sock in sockets:
+                sock.close()
+    raise RuntimeError("no free ports")
+
+
+@pytest.mark.redis
+def test_each_pool_process_of_a_real_worker_serves_metrics_on_its_own_port(tmp_path: Path):
+    base = _free_consecutive_ports(2)
+    environ = {
+        **os.environ,
+        "OASIS_ENV": "test",
+        "REDIS_URL": str(settings.REDIS_URL),
+        "OASIS_WORKER_METRICS_PORT": str(base),
+        "OASIS_BIND": "127.0.0.1",
+    }
+    queue = f"test-metrics-{uuid.uuid4().hex}"  # consumes nothing anyone sends
+    command = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "oasis_site",
+        "worker",
+        "--concurrency",
+        "2",
+        "-Q",
+        queue,
+    ]
+    command += [
+        "--pool",
+        "prefork",
+        "-l",
+        "WARNING",
+        "--without-heartbeat",
+        "--without-mingle",
+        "--without-gossip",
+    ]
+    with (tmp_path / "worker.log").open("w") as log:
+        worker = subprocess.Popen(command, cwd=settings.BASE_DIR, env=environ, stdout=log, stderr=log)
+    try:
+        pages: dict[int, str] = {}
+        deadline = time.monotonic() + 60
+        while len(pages) < 2 and time.monotonic() < deadline:
+            assert worker.poll() is None, (tmp_path / "worker.log").read_text()
+            for port in (base, base + 1):
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
+                        pages[port] = response.read().decode()
+                except OSError:
+                    pass
+            time.sleep(0.25)
+        assert set(pages) == {base, base + 1}, (tmp_path / "worker.log").read_text()
+        for page in pages.values():
+            names = {family.name for family in text_string_to_metric_families(page)}
+            assert {"oasis_signal_latency_seconds", "oasis_celery_broker_up"} <= names
+    finally:
+        worker.terminate()
+        worker.wait(timeout=30)

@@ -22,6 +22,8 @@ from decimal import Decimal
 import structlog
 from django.db import transaction
 
+from audit.alerting import alert_raise
+from audit.models import AlertSeverity
 from marketdata.core.timeframes import Timeframe, ms_from_datetime
 from marketdata.models import Symbol
 from rules.engine.spec import RuleSpec, parse_spec
@@ -124,6 +126,15 @@ class ExecutionLoop:
         self.errors.record(now_ms, kind)
         metrics.EXECUTION_ERRORS.labels(kind=kind).inc()
         logger.warning("execution_error", kind=kind, detail=detail)
+        # One alert per kind of error, counted while it recurs (notifications go out from
+        # their own thread: this is one small write).
+        alert_raise(
+            key=f"trading.exchange_error.{kind}",
+            severity=AlertSeverity.WARNING,
+            title=f"Exchange calls failing ({kind})",
+            detail=detail[:500],
+            actor="system:execution",
+        )
         trips = tripwires.evaluate(self._thresholds, now_ms=now_ms, errors=self.errors)
         if trips:
             killswitch_trip(trips)

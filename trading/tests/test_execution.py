@@ -14,7 +14,7 @@ from django.test import TestCase
 from django.utils import timezone
 from prometheus_client import REGISTRY
 
-from audit.models import AuditEvent
+from audit.models import Alert, AuditEvent
 from marketdata.models import Candle, Symbol
 from marketdata.tests.factories import SymbolFactory
 from rules.models import RuleConfig, Signal
@@ -415,3 +415,13 @@ def test_a_market_order_fills_at_the_next_open_or_expires_without_one(desk: Desk
     eth = Order.objects.get(symbol=desk.eth)
     assert eth.status == OrderStatus.EXPIRED
     assert "no 1m candle" in eth.reject_detail
+
+
+def test_exchange_errors_raise_one_alert_per_kind_counted_while_they_recur(desk: Desk) -> None:
+    desk.loop.on_broker_error("network", "connection reset by peer")
+    desk.loop.on_broker_error("network", "timed out")
+    desk.loop.on_broker_error("rate_limited", "429")
+    alerts = {alert.key: alert for alert in Alert.objects.all()}
+    assert set(alerts) == {"trading.exchange_error.network", "trading.exchange_error.rate_limited"}
+    network = alerts["trading.exchange_error.network"]
+    assert (network.count, network.severity, network.detail) == (2, "warning", "timed out")

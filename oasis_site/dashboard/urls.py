@@ -13,5 +13,6 @@ urlpatterns = [
     path("trading/", views.trading_page, name="trading"),
     path("trading.json", views.trading_json, name="trading_json"),
     path("operations/", views.operations_page, name="operations"),
+    path("incidents/", views.incidents_page, name="incidents"),
     path("operations.json", views.operations_json, name="operations_json"),
 ]

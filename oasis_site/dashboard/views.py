@@ -152,3 +152,9 @@ def operations_page(request: HttpRequest) -> HttpResponse:
 @dashboard_view
 def operations_json(request: HttpRequest) -> HttpResponse:
     return JsonResponse(selectors.operations())
+
+
+@dashboard_view
+def incidents_page(request: HttpRequest) -> HttpResponse:
+    context = {"page": "incidents", "data": selectors.incidents(), "alerts": selectors.alerts(limit=100)}
+    return _render(request, "dashboard/incidents.html", context)

@@ -304,3 +304,23 @@ def test_every_symbol_in_the_nav_has_a_page(desk):
     for symbol in ("BTCUSDT", "ETHUSDT"):
         for tf in selectors.TIMEFRAMES:
             assert Client().get(f"/symbols/{symbol}/?tf={tf}").status_code == 200
+
+
+def test_incidents_page_lists_open_incidents_and_overdue_actions(desk):
+    from audit.alerting import incident_action_add
+    from audit.models import Incident
+
+    incident = Incident.objects.get()  # the kill switch's
+    incident_action_add(
+        incident=incident,
+        description="page the exchange's status feed",
+        owner="ops",
+        due_date=(datetime.now(UTC) - timedelta(days=2)).date(),
+        actor="cli:ops",
+    )
+    response = Client().get("/incidents/")
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert "Kill switch HALTED: desk drill" in html
+    assert "page the exchange&#x27;s status feed" in html
+    assert f'href="/admin/audit/incident/{incident.pk}/change/"' in html

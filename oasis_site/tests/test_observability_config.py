@@ -129,15 +129,19 @@ _METRIC_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 _SKIPPED_DIRECTORIES = frozenset({".venv", ".git", "node_modules", "tests", "migrations", "var", "static"})
 
 
+def _project_sources(root: Path) -> Iterator[Path]:
+    for directory, subdirectories, files in os.walk(root):
+        subdirectories[:] = [name for name in subdirectories if name not in _SKIPPED_DIRECTORIES]
+        yield from (Path(directory) / name for name in files if name.endswith(".py"))
+
+
 def defined_families(root: Path = ROOT) -> dict[str, str]:
     """Every metric the project's source defines, read from the code ({family name: type}):
     prometheus_client's `Counter("name", "help", ...)` and friends, and the `*MetricFamily`s of
     scrape-time collectors. Read statically, so the answer depends neither on which modules a
     test run happened to import nor on metrics tests register for themselves."""
     families: dict[str, str] = {}
-    for path in root.rglob("*.py"):
-        if _SKIPPED_DIRECTORIES & set(path.relative_to(root).parts[:-1]):
-            continue
+    for path in _project_sources(root):
         for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
             if not isinstance(node, ast.Call) or len(node.args) < 2:  # name and help: not collections.Counter
                 continue

@@ -19,26 +19,28 @@
 
 from __future__ import annotations
 
-import math
-from collections import deque
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
+import numpy.typing as npt
 
 from rules.engine import recurrence
 from rules.engine.base import (
     CandleSeries,
     FloatArray,
     Indicator,
-    IndicatorState,
+    IndicatorRows,
+    IntArray,
+    RowIndex,
+    RowState,
     check_multiplier,
     check_period,
     nan_array,
 )
 from rules.engine.recurrence import (
-    LinearRecurrence,
-    RollingSum,
+    RecurrenceRows,
+    RollingSumRows,
     chunk_starts,
     linear_recurrence,
     restarted_total,
@@ -59,29 +61,41 @@ def ema_batch(values: FloatArray, period: int) -> FloatArray:
     return out
 
 
-class EmaStep:
-    """The step form of `ema_batch`."""
+class EmaRows(RowState):
+    """The step form of `ema_batch`, one EMA per row: `push(rows, x)` returns NaN until a row has
+    seen `period` values."""
 
-    __slots__ = ("_a", "_count", "_k", "_period", "_recurrence", "_total")
+    total: FloatArray
+    count: npt.NDArray[np.int64]
 
     def __init__(self, period: int) -> None:
+        super().__init__()
         self._period = period
         self._k = 2.0 / (period + 1)
         self._a = 1.0 - self._k
-        self._total = 0.0
-        self._count = 0
-        self._recurrence: LinearRecurrence | None = None
+        self._array("total", np.float64, 0.0)
+        self._array("count", np.int64, 0)
+        self._recurrence = self._part(RecurrenceRows())
 
-    def push(self, value: float) -> float | None:
-        if self._recurrence is not None:
-            return self._recurrence.step(self._a, self._k * value)
-        self._total = self._total + value
-        self._count += 1
-        if self._count < self._period:
-            return None
-        seed = self._total / self._period
-        self._recurrence = LinearRecurrence(seed)
-        return seed
+    def push(self, rows: RowIndex, values: FloatArray) -> FloatArray:
+        out = np.full(rows.size, np.nan)
+        count = self.count[rows]
+        started = count >= self._period
+        if started.all():
+            return self._recurrence.step(rows, self._a, self._k * values)
+        if started.any():
+            out[started] = self._recurrence.step(rows[started], self._a, self._k * values[started])
+        filling = np.flatnonzero(~started)
+        at = rows[filling]
+        total = self.total[at] + values[filling]
+        count = count[filling] + 1
+        self.total[at], self.count[at] = total, count
+        seeded = count == self._period
+        if seeded.any():
+            seed = total[seeded] / self._period
+            self._recurrence.start(at[seeded], seed)
+            out[filling[seeded]] = seed
+        return out
 
 
 @dataclass(frozen=True)
@@ -100,22 +114,29 @@ class Sma(Indicator[float, FloatArray]):
     def batch(self, candles: CandleSeries) -> FloatArray:
         return rolling_sum(candles.close, self.period) / self.period
 
-    def start(self) -> SmaState:
-        return SmaState(self.period)
+    def rows(self) -> SmaRows:
+        return SmaRows(self.period)
+
+    def value_of(self, outputs: tuple[float, ...]) -> float:
+        return outputs[0]
 
 
-class SmaState(IndicatorState[float]):
-    __slots__ = ("_period", "_sum")
-
+class SmaRows(IndicatorRows):
     def __init__(self, period: int) -> None:
+        super().__init__()
         self._period = period
-        self._sum = RollingSum(period)
+        self._sum = self._part(RollingSumRows(period))
 
     def update(
-        self, high: float, low: float, close: float, volume: float, open_time_ms: int | None = None
-    ) -> float | None:
-        total = self._sum.push(close)
-        return None if total is None else total / self._period
+        self,
+        rows: RowIndex,
+        high: FloatArray,
+        low: FloatArray,
+        close: FloatArray,
+        volume: FloatArray,
+        open_time_ms: IntArray | None = None,
+    ) -> tuple[FloatArray, ...]:
+        return (self._sum.push(rows, close) / self._period,)
 
 
 @dataclass(frozen=True)
@@ -134,20 +155,28 @@ class Ema(Indicator[float, FloatArray]):
     def batch(self, candles: CandleSeries) -> FloatArray:
         return ema_batch(candles.close, self.period)
 
-    def start(self) -> EmaState:
-        return EmaState(self.period)
+    def rows(self) -> EmaIndicatorRows:
+        return EmaIndicatorRows(self.period)
+
+    def value_of(self, outputs: tuple[float, ...]) -> float:
+        return outputs[0]
 
 
-class EmaState(IndicatorState[float]):
-    __slots__ = ("_ema",)
-
+class EmaIndicatorRows(IndicatorRows):
     def __init__(self, period: int) -> None:
-        self._ema = EmaStep(period)
+        super().__init__()
+        self._ema = self._part(EmaRows(period))
 
     def update(
-        self, high: float, low: float, close: float, volume: float, open_time_ms: int | None = None
-    ) -> float | None:
-        return self._ema.push(close)
+        self,
+        rows: RowIndex,
+        high: FloatArray,
+        low: FloatArray,
+        close: FloatArray,
+        volume: FloatArray,
+        open_time_ms: IntArray | None = None,
+    ) -> tuple[FloatArray, ...]:
+        return (self._ema.push(rows, close),)
 
 
 class MacdValue(NamedTuple):
@@ -198,8 +227,11 @@ class Macd(Indicator[MacdValue, MacdArrays]):
             histogram[start:] = macd[start:] - signal[start:]
         return MacdArrays(macd, signal, histogram)
 
-    def start(self) -> MacdState:
-        return MacdState(self.fast, self.slow, self.signal)
+    def rows(self) -> MacdRows:
+        return MacdRows(self.fast, self.slow, self.signal)
+
+    def value_of(self, outputs: tuple[float, ...]) -> MacdValue:
+        return MacdValue(*outputs)
 
 
 def _signal_batch(line: FloatArray, period: int) -> FloatArray:
@@ -207,37 +239,44 @@ def _signal_batch(line: FloatArray, period: int) -> FloatArray:
     return line.copy() if period == 1 else ema_batch(line, period)
 
 
-class _SignalStep:
-    __slots__ = ("_ema",)
+class MacdRows(IndicatorRows):
+    """Per row: the slow EMA from the first close, the fast one from close `slow - fast` on, and
+    the signal EMA of the line once both have a value."""
 
-    def __init__(self, period: int) -> None:
-        self._ema = None if period == 1 else EmaStep(period)
-
-    def push(self, value: float) -> float | None:
-        return value if self._ema is None else self._ema.push(value)
-
-
-class MacdState(IndicatorState[MacdValue]):
-    __slots__ = ("_count", "_fast", "_offset", "_signal", "_slow")
+    count: npt.NDArray[np.int64]
 
     def __init__(self, fast: int, slow: int, signal: int) -> None:
+        super().__init__()
         self._offset = slow - fast
-        self._fast = EmaStep(fast)
-        self._slow = EmaStep(slow)
-        self._signal = _SignalStep(signal)
-        self._count = 0
+        self._fast = self._part(EmaRows(fast))
+        self._slow = self._part(EmaRows(slow))
+        self._signal = None if signal == 1 else self._part(EmaRows(signal))
+        self._array("count", np.int64, 0)
 
     def update(
-        self, high: float, low: float, close: float, volume: float, open_time_ms: int | None = None
-    ) -> MacdValue | None:
-        slow = self._slow.push(close)
-        fast = self._fast.push(close) if self._count >= self._offset else None
-        self._count += 1
-        if slow is None or fast is None:
-            return None
+        self,
+        rows: RowIndex,
+        high: FloatArray,
+        low: FloatArray,
+        close: FloatArray,
+        volume: FloatArray,
+        open_time_ms: IntArray | None = None,
+    ) -> tuple[FloatArray, ...]:
+        slow = self._slow.push(rows, close)
+        count = self.count[rows]
+        fast = np.full(rows.size, np.nan)
+        fed = count >= self._offset
+        fast[fed] = self._fast.push(rows[fed], close[fed])
+        self.count[rows] = count + 1
         line = fast - slow
-        signal = self._signal.push(line)
-        return None if signal is None else MacdValue(line, signal, line - signal)
+        signal = np.full(rows.size, np.nan)
+        known = ~np.isnan(line)
+        if self._signal is None:
+            signal[known] = line[known]
+        elif known.any():
+            signal[known] = self._signal.push(rows[known], line[known])
+        line[np.isnan(signal)] = np.nan
+        return line, signal, line - signal
 
 
 class BandsValue(NamedTuple):
@@ -290,39 +329,51 @@ class BollingerBands(Indicator[BandsValue, BandsArrays]):
         lower[n - 1 :] = middle[n - 1 :] - self.down * sigma
         return BandsArrays(middle, upper, lower)
 
-    def start(self) -> BollingerBandsState:
-        return BollingerBandsState(self.period, self.up, self.down)
+    def rows(self) -> BollingerBandsRows:
+        return BollingerBandsRows(self.period, self.up, self.down)
+
+    def value_of(self, outputs: tuple[float, ...]) -> BandsValue:
+        return BandsValue(*outputs)
 
 
-class BollingerBandsState(IndicatorState[BandsValue]):
-    __slots__ = ("_down", "_mean", "_outputs", "_period", "_squares", "_total", "_up", "_window")
+class BollingerBandsRows(IndicatorRows):
+    mean: FloatArray
+    squares: FloatArray
+    outputs: npt.NDArray[np.int64]
 
     def __init__(self, period: int, up: float, down: float) -> None:
+        super().__init__()
         self._period, self._up, self._down = period, up, down
-        self._window: deque[float] = deque(maxlen=period)
-        self._total = RollingSum(period)
-        self._mean = 0.0
-        self._squares = 0.0
-        self._outputs = 0
+        self._total = self._part(RollingSumRows(period))
+        self._array("mean", np.float64, 0.0)
+        self._array("squares", np.float64, 0.0)
+        self._array("outputs", np.int64, 0)
 
     def update(
-        self, high: float, low: float, close: float, volume: float, open_time_ms: int | None = None
-    ) -> BandsValue | None:
+        self,
+        rows: RowIndex,
+        high: FloatArray,
+        low: FloatArray,
+        close: FloatArray,
+        volume: FloatArray,
+        open_time_ms: IntArray | None = None,
+    ) -> tuple[FloatArray, ...]:
         n = self._period
-        leaving = self._window[0] if len(self._window) == n else 0.0
-        self._window.append(close)
-        total = self._total.push(close)
-        if total is None:
-            return None
+        total, leaving = self._total.push_leaving(rows, close)
         mean = total / n
-        if self._outputs % recurrence.CHUNK == 0:
-            squares = 0.0
-            for kept in self._window:
-                deviation = kept - mean
-                squares = squares + deviation * deviation
-        else:
-            squares = self._squares + (close - leaving) * ((close - mean) + (leaving - self._mean))
-        self._mean, self._squares = mean, squares
-        self._outputs += 1
-        sigma = math.sqrt((squares if squares > 0 else 0.0) / n)
-        return BandsValue(mean, mean + self._up * sigma, mean - self._down * sigma)
+        outputs = self.outputs[rows]
+        squares = self.squares[rows] + (close - leaving) * ((close - mean) + (leaving - self.mean[rows]))
+        full = ~np.isnan(total)
+        exact = np.flatnonzero(full & (outputs % recurrence.CHUNK == 0))
+        if exact.size:
+            at = rows[exact]
+            recomputed = np.zeros(exact.size)
+            for k in range(n):
+                deviation = self._total.window.kept(at, k) - mean[exact]
+                recomputed = recomputed + deviation * deviation
+            squares[exact] = recomputed
+        self.mean[rows] = np.where(full, mean, self.mean[rows])
+        self.squares[rows] = np.where(full, squares, self.squares[rows])
+        self.outputs[rows] = outputs + full
+        sigma = np.sqrt(np.where(squares > 0, squares, 0.0) / n)
+        return mean, mean + self._up * sigma, mean - self._down * sigma

@@ -3,7 +3,10 @@
 A `RuleProgram` is a spec compiled for one timeframe: its indicators (from `rules.engine`'s
 indicator classes) and its entry/exit conditions. Two ways to run it, which give the same
 signals on the same candles:
-- `PairState.step`: live, one closed candle at a time, each indicator in its incremental form;
+- `RuleStates.step`: live, one closed candle per series at a time for many series at once (one
+  row per symbol of the timeframe), each indicator in its incremental row form and the
+  conditions on the rows (`Condition.evaluate_rows`): numpy across symbols, no loop over them.
+  `PairState` is one series: a one-row `RuleStates`;
 - `offline_signals`: a whole history at once, each indicator in its batch form and the conditions
   on whole columns (`Condition.evaluate_columns`: numpy, no loop over candles).
 
@@ -15,7 +18,6 @@ Values are float64 (prices become floats at the edge of this code, in `rules.eva
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -24,7 +26,7 @@ import numpy as np
 import numpy.typing as npt
 
 from marketdata.core.timeframes import Timeframe
-from rules.engine.base import CandleSeries, FloatArray, Indicator, IndicatorState
+from rules.engine.base import BoolArray, CandleSeries, FloatArray, Indicator, IntArray, RowIndex
 from rules.engine.expressions import Condition
 from rules.engine.indicators import Adx, Atr, BollingerBands, Ema, Macd, Rsi, Sma, Stochastic, Vwap
 from rules.engine.spec import IndicatorDecl, RuleSpec
@@ -89,51 +91,143 @@ class RuleProgram:
         return max((item.indicator.warmup for item in self.indicators), default=0)
 
     def start(self) -> PairState:
-        return PairState(self, [item.indicator.start() for item in self.indicators])
+        return PairState(self)
 
 
-def _decide(
-    program: RuleProgram, current: Mapping[str, float], previous: Mapping[str, float] | None
-) -> str | None:
-    if program.exit.evaluate(current, previous):
-        return EXIT
-    if program.entry.evaluate(current, previous):
-        return ENTER
-    return None
+def _signals(
+    program: RuleProgram, warm: BoolArray, holds: Callable[[Condition], BoolArray]
+) -> tuple[BoolArray, BoolArray]:
+    """(exit, enter) per row, from where each condition holds: exit wins, nothing before warm."""
+    exits = holds(program.exit) & warm
+    entries = holds(program.entry) & warm & ~exits
+    return exits, entries
+
+
+@dataclass(frozen=True)
+class RowsStep:
+    """What one `RuleStates.step` gave, one element per row stepped: where the rule says exit,
+    where it says enter, and every value it saw (candle fields and indicator outputs)."""
+
+    exit: BoolArray
+    enter: BoolArray
+    values: dict[str, FloatArray]
+
+
+CANDLE_COLUMNS = ("open", "high", "low", "close", "volume")
+
+
+class RuleStates:
+    """One rule program on many series of its timeframe (one per symbol), a row each.
+
+    Rows are added with `add_rows` (fresh: no candle seen) and made fresh again with `reset`.
+    `step` folds in one closed candle for each row given; every row is at its own point of its
+    own history (rows join late, warm up, rebuild), and one numpy operation serves them all.
+    """
+
+    def __init__(self, program: RuleProgram) -> None:
+        self.program = program
+        self._indicators = [item.indicator.rows() for item in program.indicators]
+        names = [*CANDLE_COLUMNS, *(output for item in program.indicators for output in item.outputs)]
+        self._previous = {name: np.empty(0) for name in names}
+        self.last_open_ms: IntArray = np.empty(0, dtype=np.int64)
+        self.seen: BoolArray = np.empty(0, dtype=bool)  # a row has had a candle (else no previous)
+        self.size = 0
+        self._capacity = 0
+
+    def add_rows(self, count: int) -> RowIndex:
+        """`count` fresh rows; their indexes."""
+        needed = self.size + count
+        if needed > self._capacity:
+            capacity = max(needed, 2 * self._capacity, 8)
+            for state in self._indicators:
+                state.resize(capacity)
+            self._previous = {
+                name: _grown(column, capacity, np.nan) for name, column in self._previous.items()
+            }
+            self.last_open_ms = _grown(self.last_open_ms, capacity, 0)
+            self.seen = _grown(self.seen, capacity, False)
+            self._capacity = capacity
+        added = np.arange(self.size, needed, dtype=np.intp)
+        self.size = needed
+        self.reset(added)
+        return added
+
+    def reset(self, rows: RowIndex) -> None:
+        for state in self._indicators:
+            state.reset(rows)
+        for column in self._previous.values():
+            column[rows] = np.nan
+        self.last_open_ms[rows] = 0
+        self.seen[rows] = False
+
+    def step(
+        self,
+        rows: RowIndex,
+        open_time_ms: IntArray,
+        open_: FloatArray,
+        high: FloatArray,
+        low: FloatArray,
+        close: FloatArray,
+        volume: FloatArray,
+    ) -> RowsStep:
+        """Fold in one closed candle per row (distinct rows; one array element per row)."""
+        seen = self.seen[rows]
+        late = seen & (open_time_ms <= self.last_open_ms[rows])
+        if late.any():
+            at = int(np.flatnonzero(late)[0])
+            last = int(self.last_open_ms[rows[at]])
+            raise ValueError(f"candle at {int(open_time_ms[at])} is not after the last one ({last})")
+        values = {"open": open_, "high": high, "low": low, "close": close, "volume": volume}
+        warm = np.ones(rows.size, dtype=bool)
+        for item, state in zip(self.program.indicators, self._indicators, strict=True):
+            columns = state.update(rows, high, low, close, volume, open_time_ms)
+            for output, column in zip(item.outputs, columns, strict=True):
+                values[output] = column
+                warm &= ~np.isnan(column)
+        previous = {name: column[rows] for name, column in self._previous.items()}
+        exits, entries = _signals(
+            self.program, warm, lambda condition: condition.evaluate_rows(values, previous, seen, rows.size)
+        )
+        for name, column in self._previous.items():
+            column[rows] = values[name]
+        self.last_open_ms[rows] = open_time_ms
+        self.seen[rows] = True
+        return RowsStep(exits, entries, values)
+
+
+def _grown(column: npt.NDArray[Any], size: int, fill: Any) -> npt.NDArray[Any]:
+    grown = np.full(size, fill, dtype=column.dtype)
+    grown[: column.size] = column
+    return grown
+
+
+_ONE_ROW = np.zeros(1, dtype=np.intp)
 
 
 class PairState:
-    """One rule program on one (symbol, timeframe), fed closed candles in order."""
+    """One rule program on one (symbol, timeframe), fed closed candles in order: a one-row
+    `RuleStates`."""
 
-    def __init__(self, program: RuleProgram, states: list[IndicatorState[Any]]) -> None:
+    def __init__(self, program: RuleProgram) -> None:
         self.program = program
-        self._states = states
-        self.previous: dict[str, float] | None = None
-        self.last_open_ms: int | None = None
+        self._rows = RuleStates(program)
+        self._rows.add_rows(1)
+
+    @property
+    def last_open_ms(self) -> int | None:
+        return int(self._rows.last_open_ms[0]) if self._rows.seen[0] else None
 
     def step(
         self, open_time_ms: int, open_: float, high: float, low: float, close: float, volume: float
     ) -> tuple[str | None, dict[str, float]]:
         """Fold in one closed candle; return the signal at it (or None) and the values seen."""
-        if self.last_open_ms is not None and open_time_ms <= self.last_open_ms:
-            raise ValueError(f"candle at {open_time_ms} is not after the last one ({self.last_open_ms})")
-        values = {"open": open_, "high": high, "low": low, "close": close, "volume": volume}
-        warm = True
-        for item, state in zip(self.program.indicators, self._states, strict=True):
-            result = state.update(high, low, close, volume, open_time_ms)
-            if item.fields:
-                for output, field in zip(item.outputs, item.fields, strict=True):
-                    value = math.nan if result is None else float(getattr(result, field))
-                    values[output] = value
-                    warm = warm and not math.isnan(value)
-            else:
-                value = math.nan if result is None else float(result)
-                values[item.outputs[0]] = value
-                warm = warm and not math.isnan(value)
-        action = _decide(self.program, values, self.previous) if warm else None
-        self.previous = values
-        self.last_open_ms = open_time_ms
-        return action, values
+        result = self._rows.step(
+            _ONE_ROW,
+            np.array([open_time_ms], dtype=np.int64),
+            *(np.array([value], dtype=np.float64) for value in (open_, high, low, close, volume)),
+        )
+        action = EXIT if result.exit[0] else ENTER if result.enter[0] else None
+        return action, {name: float(column[0]) for name, column in result.values.items()}
 
 
 def offline_signals(
@@ -165,8 +259,7 @@ def offline_signals(
             columns[item.outputs[0]] = np.asarray(result, dtype=np.float64)
         for output in item.outputs:
             warm &= ~np.isnan(columns[output])
-    exits = program.exit.evaluate_columns(columns, rows) & warm
-    entries = program.entry.evaluate_columns(columns, rows) & warm & ~exits  # exit wins
+    exits, entries = _signals(program, warm, lambda condition: condition.evaluate_columns(columns, rows))
     at = np.flatnonzero(exits | entries)
     times = candles.open_time_ms[at].tolist()
     return [

@@ -44,8 +44,10 @@ candle and the one before:
   mapping lacks one of `Condition.names`.
 
 `Condition.evaluate_columns` gives the same answer for every row of whole columns at once (numpy,
-for the offline/backtest path): row i's previous is row i-1 and row 0 has none. The float64
-operations are the same IEEE ones, so the two agree exactly (rules/tests/test_evaluator_vectorised.py).
+for the offline/backtest path): row i's previous is row i-1 and row 0 has none.
+`Condition.evaluate_rows` does it for rows that each bring their own previous values (the live
+evaluator: one row per symbol). The float64 operations are the same IEEE ones, so they agree
+exactly with `evaluate` (rules/tests/test_evaluator_vectorised.py).
 """
 
 from __future__ import annotations
@@ -601,8 +603,9 @@ _FloatColumn: TypeAlias = npt.NDArray[np.float64]
 _BoolColumn: TypeAlias = npt.NDArray[np.bool_]
 _Columns = Mapping[str, _FloatColumn]
 _ColumnNumberFn = Callable[[_Columns, int], _FloatColumn]
-# Three-valued logic over rows as two masks, (holds, fails); rows in neither are unknown.
-_ColumnTruthFn = Callable[[_Columns, int], tuple[_BoolColumn, _BoolColumn]]
+# Three-valued logic over rows as two masks, (holds, fails); rows in neither are unknown. Takes
+# the current values, the previous ones and where there is a previous candle at all.
+_ColumnTruthFn = Callable[[_Columns, _Columns, _BoolColumn, int], tuple[_BoolColumn, _BoolColumn]]
 
 _COMPARE_COLUMNS: dict[str, Callable[[_FloatColumn, _FloatColumn], _BoolColumn]] = {
     "<": np.less,
@@ -663,10 +666,12 @@ def _compile_truth_columns(node: Expr) -> _ColumnTruthFn:
             above = op == "crosses_above"
             lf, rf = _compile_number_columns(left), _compile_number_columns(right)
 
-            def cross(columns: _Columns, rows: int) -> tuple[_BoolColumn, _BoolColumn]:
-                a1, b1 = lf(columns, rows), rf(columns, rows)
-                a0, b0 = _previous_row(a1), _previous_row(b1)  # NaN on row 0: unknown, as previous=None
-                known = _known(a1, b1, a0, b0)
+            def cross(
+                current: _Columns, previous: _Columns, has_previous: _BoolColumn, rows: int
+            ) -> tuple[_BoolColumn, _BoolColumn]:
+                a1, b1 = lf(current, rows), rf(current, rows)
+                a0, b0 = lf(previous, rows), rf(previous, rows)
+                known = _known(a1, b1, a0, b0) & has_previous  # unknown without one, as previous=None
                 if above:
                     crossed = np.less_equal(a0, b0) & np.greater(a1, b1)
                 else:
@@ -678,8 +683,10 @@ def _compile_truth_columns(node: Expr) -> _ColumnTruthFn:
             compare = _COMPARE_COLUMNS[op]
             lf, rf = _compile_number_columns(left), _compile_number_columns(right)
 
-            def comparison(columns: _Columns, rows: int) -> tuple[_BoolColumn, _BoolColumn]:
-                a, b = lf(columns, rows), rf(columns, rows)
+            def comparison(
+                current: _Columns, previous: _Columns, has_previous: _BoolColumn, rows: int
+            ) -> tuple[_BoolColumn, _BoolColumn]:
+                a, b = lf(current, rows), rf(current, rows)
                 known = _known(a, b)
                 holds = compare(a, b)
                 return holds & known, ~holds & known
@@ -688,8 +695,10 @@ def _compile_truth_columns(node: Expr) -> _ColumnTruthFn:
         case Not(operand=operand):
             inner = _compile_truth_columns(operand)
 
-            def negation(columns: _Columns, rows: int) -> tuple[_BoolColumn, _BoolColumn]:
-                holds, fails = inner(columns, rows)
+            def negation(
+                current: _Columns, previous: _Columns, has_previous: _BoolColumn, rows: int
+            ) -> tuple[_BoolColumn, _BoolColumn]:
+                holds, fails = inner(current, previous, has_previous, rows)
                 return fails, holds
 
             return negation
@@ -697,11 +706,13 @@ def _compile_truth_columns(node: Expr) -> _ColumnTruthFn:
             parts = tuple(_compile_truth_columns(o) for o in operands)
             conjunction = op == "and"
 
-            def logical(columns: _Columns, rows: int) -> tuple[_BoolColumn, _BoolColumn]:
+            def logical(
+                current: _Columns, previous: _Columns, has_previous: _BoolColumn, rows: int
+            ) -> tuple[_BoolColumn, _BoolColumn]:
                 # and: holds where every part holds, fails where any fails; or: the other way round.
-                holds, fails = parts[0](columns, rows)
+                holds, fails = parts[0](current, previous, has_previous, rows)
                 for part in parts[1:]:
-                    part_holds, part_fails = part(columns, rows)
+                    part_holds, part_fails = part(current, previous, has_previous, rows)
                     if conjunction:
                         holds, fails = holds & part_holds, fails | part_fails
                     else:
@@ -799,10 +810,29 @@ class Condition:
             if column.shape != (rows,):
                 raise ValueError(f"column {name!r} has shape {column.shape}, expected ({rows},)")
             table[name] = column
+        previous = (
+            {name: _previous_row(column) for name, column in table.items()} if self.needs_previous else table
+        )
+        return self.evaluate_rows(table, previous, np.arange(rows) > 0, rows)
+
+    def evaluate_rows(
+        self,
+        current: Mapping[str, _FloatColumn],
+        previous: Mapping[str, _FloatColumn],
+        has_previous: _BoolColumn,
+        rows: int,
+    ) -> _BoolColumn:
+        """`evaluate` on many rows at once, each with its own previous values: element i of the
+        result is `evaluate(current row i, previous row i if has_previous[i] else None)`.
+
+        `current` and `previous` map every name in `self.names` to a float64 array of `rows`
+        values (NaN while warming up); the rows may be different series (the live evaluator
+        passes one row per symbol) or one series' candles (`evaluate_columns`).
+        """
         # Overflow to ±inf, inf - inf, 0 * inf and x / 0 are the plain float results here, as in
         # `evaluate` (where division by zero is NaN): no warnings.
         with np.errstate(all="ignore"):
-            holds, _ = self._columns_fn(table, rows)
+            holds, _ = self._columns_fn(current, previous, has_previous, rows)
         return holds
 
 

@@ -1,11 +1,13 @@
 """Numeric kernels shared by the indicators, each in a batch form and a one-step form.
 
 Every kernel here fixes one order of float64 operations and performs exactly that order in both
-forms, so the batch result equals the step-by-step result bit for bit. What they are:
+forms, so the batch result equals the step-by-step result bit for bit. The step forms hold many
+series at once, a row each (`base.RowState`): one numpy operation steps every row given, each at
+its own position, with the same IEEE operations a scalar loop would do. What they are:
 
 - `sum_in_order`: a plain left-to-right sum starting from 0.0 (the seeds of TA-Lib's averages).
   Python's built-in `sum` is not used: from 3.12 it compensates, and numpy's `sum` is pairwise.
-- `linear_recurrence` / `LinearRecurrence`: y[i] = a[i]·y[i-1] + b[i] (EMA, Wilder smoothing).
+- `linear_recurrence` / `RecurrenceRows`: y[i] = a[i]·y[i-1] + b[i] (EMA, Wilder smoothing).
   A plain loop is the only exact vectorisation-free form and costs ≈ 80 ms for a year of 1m
   candles. Instead the series is cut into fixed chunks of `CHUNK` steps counted from the first
   step. Inside a chunk z runs the same recurrence from zero and p multiplies the a's; then
@@ -13,23 +15,22 @@ forms, so the batch result equals the step-by-step result bit for bit. What they
   numpy operation per position in the chunk, over all chunks at once); the step form keeps z, p
   and c. Same operations, same order: identical floats. The result differs from a plain loop by
   rounding only (≈ 1e-16 relative per step, not accumulating: the a's are below 1).
-- `rolling_sum` / `RollingSum`: the sum of the last n values, carried as w += x[i] - x[i-n] and
+- `rolling_sum` / `RollingSumRows`: the sum of the last n values, carried as w += x[i] - x[i-n] and
   recomputed exactly (`sum_in_order` over the window) every `CHUNK` outputs, which bounds the
   drift of the running total. Batch: one `cumsum` per chunk (numpy's accumulate is sequential).
-- `RollingExtreme`: the highest or lowest of the last n values with a monotonic deque (max and
-  min do not round, so any method gives the same value; batch takes n shifted maxima).
+- `rolling_extreme` / `ExtremeRows`: the highest or lowest of the last n values (max and min do
+  not round, so any method gives the same value: batch takes n shifted maxima, the step form the
+  maximum of its window).
 
 `CHUNK` is part of the arithmetic: changing it changes the last bits of every smoothed output.
 """
 
 from __future__ import annotations
 
-from collections import deque
-
 import numpy as np
 import numpy.typing as npt
 
-from rules.engine.base import FloatArray
+from rules.engine.base import BoolArray, FloatArray, RowIndex, RowState
 
 CHUNK = 512
 
@@ -87,28 +88,41 @@ def linear_recurrence(a: float | FloatArray, b: FloatArray, y0: float) -> FloatA
     return y.T.reshape(-1)[:steps]
 
 
-class LinearRecurrence:
-    """The step form of `linear_recurrence`: `step(a, b)` returns the next y."""
+class RecurrenceRows(RowState):
+    """The step form of `linear_recurrence`, one recurrence per row: `start(rows, y0)` seeds rows,
+    `step(rows, a, b)` returns their next y. Only rows that were started may be stepped."""
 
-    __slots__ = ("_carry", "_p", "_position", "_z")
+    carry: FloatArray
+    z: FloatArray
+    p: FloatArray
+    position: npt.NDArray[np.int64]
 
-    def __init__(self, y0: float) -> None:
-        self._carry = y0
-        self._z = 0.0
-        self._p = 1.0
-        self._position = 0
+    def __init__(self) -> None:
+        super().__init__()
+        self._array("carry", np.float64, 0.0)
+        self._array("z", np.float64, 0.0)
+        self._array("p", np.float64, 1.0)
+        self._array("position", np.int64, 0)
 
-    def step(self, a: float, b: float) -> float:
-        if self._position == 0:
-            z, p = b, a
-        else:
-            z, p = a * self._z + b, self._p * a
-        y = z + p * self._carry
-        self._z, self._p = z, p
-        self._position += 1
-        if self._position == CHUNK:
-            self._position = 0
-            self._carry = y
+    def start(self, rows: RowIndex, y0: FloatArray) -> None:
+        self.carry[rows] = y0
+        self.z[rows] = 0.0
+        self.p[rows] = 1.0
+        self.position[rows] = 0
+
+    def step(self, rows: RowIndex, a: float | FloatArray, b: FloatArray) -> FloatArray:
+        position = self.position[rows]
+        first = position == 0
+        z = np.where(first, b, a * self.z[rows] + b)
+        p = np.where(first, a, self.p[rows] * a)
+        y: FloatArray = z + p * self.carry[rows]
+        self.z[rows], self.p[rows] = z, p
+        position += 1
+        ended = position == CHUNK
+        position[ended] = 0
+        self.position[rows] = position
+        if ended.any():
+            self.carry[rows[ended]] = y[ended]
         return y
 
 
@@ -143,31 +157,71 @@ def rolling_sum(values: FloatArray, n: int) -> FloatArray:
     return out
 
 
-class RollingSum:
-    """The step form of `rolling_sum`: `push(x)` returns the window's sum, None while filling."""
+class WindowRows(RowState):
+    """The last n values of each row, oldest first from `head` (a ring), and how many are held."""
 
-    __slots__ = ("_n", "_outputs", "_total", "_window")
+    ring: FloatArray
+    head: npt.NDArray[np.int64]
+    held: npt.NDArray[np.int64]
 
     def __init__(self, n: int) -> None:
-        self._n = n
-        self._window: deque[float] = deque(maxlen=n)
-        self._total = 0.0
-        self._outputs = 0
+        super().__init__()
+        self.n = n
+        self._array("ring", np.float64, 0.0, width=n)
+        self._array("head", np.int64, 0)
+        self._array("held", np.int64, 0)
 
-    def push(self, value: float) -> float | None:
-        leaving = self._window[0] if len(self._window) == self._n else 0.0
-        self._window.append(value)
-        if len(self._window) < self._n:
-            return None
-        if self._outputs % CHUNK == 0:
-            total = 0.0
-            for kept in self._window:
-                total = total + kept
-        else:
-            total = self._total + (value - leaving)
-        self._total = total
-        self._outputs += 1
-        return total
+    def push(self, rows: RowIndex, values: FloatArray) -> tuple[FloatArray, BoolArray]:
+        """Append one value per row; return the value that left each row's window (0.0 while it
+        was not full) and where the window is full now."""
+        head, held = self.head[rows], self.held[rows]
+        leaving = np.where(held == self.n, self.ring[rows, head], 0.0)
+        self.ring[rows, head] = values
+        head += 1
+        head[head == self.n] = 0
+        np.minimum(held + 1, self.n, out=held)
+        self.head[rows], self.held[rows] = head, held
+        return leaving, held == self.n
+
+    def kept(self, rows: RowIndex, k: int) -> FloatArray:
+        """The k-th oldest value of each (full) row's window."""
+        at = self.head[rows] + k
+        at[at >= self.n] -= self.n
+        kept: FloatArray = self.ring[rows, at]
+        return kept
+
+
+class RollingSumRows(RowState):
+    """The step form of `rolling_sum`: `push(rows, x)` returns each row's window sum, NaN while
+    the window fills."""
+
+    total: FloatArray
+    outputs: npt.NDArray[np.int64]
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.window = self._part(WindowRows(n))
+        self._array("total", np.float64, 0.0)
+        self._array("outputs", np.int64, 0)
+
+    def push(self, rows: RowIndex, values: FloatArray) -> FloatArray:
+        return self.push_leaving(rows, values)[0]
+
+    def push_leaving(self, rows: RowIndex, values: FloatArray) -> tuple[FloatArray, FloatArray]:
+        """`push`, and the values that left the windows."""
+        leaving, full = self.window.push(rows, values)
+        outputs = self.outputs[rows]
+        total = self.total[rows] + (values - leaving)
+        exact = full & (outputs % CHUNK == 0)
+        if exact.any():
+            at = rows[exact]
+            recomputed = np.zeros(at.size)
+            for k in range(self.window.n):
+                recomputed = recomputed + self.window.kept(at, k)
+            total[exact] = recomputed
+        self.total[rows] = total
+        self.outputs[rows] = outputs + full
+        return np.where(full, total, np.nan), leaving
 
 
 def rolling_extreme(values: FloatArray, n: int, *, highest: bool) -> FloatArray:
@@ -183,27 +237,18 @@ def rolling_extreme(values: FloatArray, n: int, *, highest: bool) -> FloatArray:
     return out
 
 
-class RollingExtreme:
-    """The step form of `rolling_extreme`, amortised O(1) with a monotonic deque."""
-
-    __slots__ = ("_count", "_highest", "_kept", "_n")
+class ExtremeRows(RowState):
+    """The step form of `rolling_extreme`: `push(rows, x)` returns each row's highest (or lowest)
+    of its last n values, NaN while the window fills."""
 
     def __init__(self, n: int, *, highest: bool) -> None:
-        self._n = n
+        super().__init__()
+        self.window = self._part(WindowRows(n))
         self._highest = highest
-        self._kept: deque[tuple[int, float]] = deque()
-        self._count = 0
 
-    def push(self, value: float) -> float | None:
-        kept = self._kept
-        if self._highest:
-            while kept and kept[-1][1] <= value:
-                kept.pop()
-        else:
-            while kept and kept[-1][1] >= value:
-                kept.pop()
-        kept.append((self._count, value))
-        self._count += 1
-        if kept[0][0] <= self._count - 1 - self._n:
-            kept.popleft()
-        return kept[0][1] if self._count >= self._n else None
+    def push(self, rows: RowIndex, values: FloatArray) -> FloatArray:
+        _, full = self.window.push(rows, values)
+        ring = self.window.ring[rows]
+        extreme: FloatArray = ring.max(axis=1) if self._highest else ring.min(axis=1)
+        extreme[~full] = np.nan
+        return extreme

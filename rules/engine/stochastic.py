@@ -13,8 +13,17 @@ from typing import NamedTuple
 
 import numpy as np
 
-from rules.engine.base import CandleSeries, FloatArray, Indicator, IndicatorState, check_period, nan_array
-from rules.engine.recurrence import RollingExtreme, RollingSum, rolling_extreme, rolling_sum
+from rules.engine.base import (
+    CandleSeries,
+    FloatArray,
+    Indicator,
+    IndicatorRows,
+    IntArray,
+    RowIndex,
+    check_period,
+    nan_array,
+)
+from rules.engine.recurrence import ExtremeRows, RollingSumRows, rolling_extreme, rolling_sum
 
 
 class StochasticValue(NamedTuple):
@@ -61,32 +70,42 @@ class Stochastic(Indicator[StochasticValue, StochasticArrays]):
         d[self.warmup :] = slow_d[self.slow_d - 1 :]
         return StochasticArrays(k, d)
 
-    def start(self) -> StochasticState:
-        return StochasticState(self.fast_k, self.slow_k, self.slow_d)
+    def rows(self) -> StochasticRows:
+        return StochasticRows(self.fast_k, self.slow_k, self.slow_d)
+
+    def value_of(self, outputs: tuple[float, ...]) -> StochasticValue:
+        return StochasticValue(*outputs)
 
 
-class StochasticState(IndicatorState[StochasticValue]):
-    __slots__ = ("_d", "_highest", "_k", "_lowest", "_slow_d", "_slow_k")
-
+class StochasticRows(IndicatorRows):
     def __init__(self, fast_k: int, slow_k: int, slow_d: int) -> None:
-        self._highest = RollingExtreme(fast_k, highest=True)
-        self._lowest = RollingExtreme(fast_k, highest=False)
+        super().__init__()
+        self._highest = self._part(ExtremeRows(fast_k, highest=True))
+        self._lowest = self._part(ExtremeRows(fast_k, highest=False))
         self._slow_k, self._slow_d = slow_k, slow_d
-        self._k = RollingSum(slow_k)
-        self._d = RollingSum(slow_d)
+        self._k = self._part(RollingSumRows(slow_k))
+        self._d = self._part(RollingSumRows(slow_d))
 
     def update(
-        self, high: float, low: float, close: float, volume: float, open_time_ms: int | None = None
-    ) -> StochasticValue | None:
-        highest = self._highest.push(high)
-        lowest = self._lowest.push(low)
-        if highest is None or lowest is None:
-            return None
-        scale = (highest - lowest) / 100.0
-        fast = (close - lowest) / scale if scale != 0 else 0.0
-        k_total = self._k.push(fast)
-        if k_total is None:
-            return None
-        k = k_total / self._slow_k
-        d_total = self._d.push(k)
-        return None if d_total is None else StochasticValue(k, d_total / self._slow_d)
+        self,
+        rows: RowIndex,
+        high: FloatArray,
+        low: FloatArray,
+        close: FloatArray,
+        volume: FloatArray,
+        open_time_ms: IntArray | None = None,
+    ) -> tuple[FloatArray, ...]:
+        highest = self._highest.push(rows, high)
+        lowest = self._lowest.push(rows, low)
+        k, d = np.full(rows.size, np.nan), np.full(rows.size, np.nan)
+        ranged = np.flatnonzero(~np.isnan(highest))
+        if not ranged.size:
+            return k, d
+        scale = (highest[ranged] - lowest[ranged]) / 100.0
+        with np.errstate(divide="ignore", invalid="ignore"):
+            fast = np.where(scale != 0, (close[ranged] - lowest[ranged]) / scale, 0.0)
+        k[ranged] = self._k.push(rows[ranged], fast) / self._slow_k
+        smoothed = np.flatnonzero(~np.isnan(k))
+        d[smoothed] = self._d.push(rows[smoothed], k[smoothed]) / self._slow_d
+        k[np.isnan(d)] = np.nan
+        return k, d

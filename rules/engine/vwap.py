@@ -14,8 +14,17 @@ import itertools
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
-from rules.engine.base import CandleSeries, FloatArray, Indicator, IndicatorState, nan_array
+from rules.engine.base import (
+    CandleSeries,
+    FloatArray,
+    Indicator,
+    IndicatorRows,
+    IntArray,
+    RowIndex,
+    nan_array,
+)
 
 DAY_MS = 86_400_000
 
@@ -42,29 +51,45 @@ class Vwap(Indicator[float, FloatArray]):
         out[traded] = value_total[traded] / volume_total[traded]
         return out
 
-    def start(self) -> VwapState:
-        return VwapState()
+    def rows(self) -> VwapRows:
+        return VwapRows()
+
+    def value_of(self, outputs: tuple[float, ...]) -> float:
+        return outputs[0]
 
 
-class VwapState(IndicatorState[float]):
-    __slots__ = ("_day", "_value_total", "_volume_total")
+_NO_DAY = np.iinfo(np.int64).min  # before any candle: the first one starts a session
+
+
+class VwapRows(IndicatorRows):
+    day: npt.NDArray[np.int64]
+    value_total: FloatArray
+    volume_total: FloatArray
 
     def __init__(self) -> None:
-        self._day: int | None = None
-        self._value_total = 0.0
-        self._volume_total = 0.0
+        super().__init__()
+        self._array("day", np.int64, _NO_DAY)
+        self._array("value_total", np.float64, 0.0)
+        self._array("volume_total", np.float64, 0.0)
 
     def update(
-        self, high: float, low: float, close: float, volume: float, open_time_ms: int | None = None
-    ) -> float | None:
+        self,
+        rows: RowIndex,
+        high: FloatArray,
+        low: FloatArray,
+        close: FloatArray,
+        volume: FloatArray,
+        open_time_ms: IntArray | None = None,
+    ) -> tuple[FloatArray, ...]:
         if open_time_ms is None:
             raise ValueError("open_time_ms is required by VWAP: it anchors the session to the UTC day")
         weighted = (high + low + close) / 3.0 * volume
         day = open_time_ms // DAY_MS
-        if day != self._day:
-            self._day = day
-            self._value_total, self._volume_total = weighted, volume
-        else:
-            self._value_total = self._value_total + weighted
-            self._volume_total = self._volume_total + volume
-        return self._value_total / self._volume_total if self._volume_total > 0 else None
+        new = day != self.day[rows]
+        value_total = np.where(new, weighted, self.value_total[rows] + weighted)
+        volume_total = np.where(new, volume, self.volume_total[rows] + volume)
+        self.day[rows], self.value_total[rows], self.volume_total[rows] = day, value_total, volume_total
+        traded = volume_total > 0
+        vwap = np.full(rows.size, np.nan)
+        vwap[traded] = value_total[traded] / volume_total[traded]
+        return (vwap,)

@@ -22,9 +22,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
-from rules.engine.base import CandleSeries, FloatArray, Indicator, IndicatorState, check_period, nan_array
-from rules.engine.recurrence import LinearRecurrence, linear_recurrence, sum_in_order
+from rules.engine.base import (
+    CandleSeries,
+    FloatArray,
+    Indicator,
+    IndicatorRows,
+    IntArray,
+    RowIndex,
+    check_period,
+    nan_array,
+)
+from rules.engine.recurrence import RecurrenceRows, linear_recurrence, sum_in_order
 
 
 def _true_range(candles: CandleSeries) -> FloatArray:
@@ -34,8 +44,57 @@ def _true_range(candles: CandleSeries) -> FloatArray:
     return widest
 
 
-def _true_range_step(high: float, low: float, previous_close: float) -> float:
-    return max(high - low, abs(previous_close - high), abs(previous_close - low))
+def _true_range_rows(high: FloatArray, low: FloatArray, previous_close: FloatArray) -> FloatArray:
+    widest: FloatArray = np.maximum(
+        np.maximum(high - low, np.abs(previous_close - high)), np.abs(previous_close - low)
+    )
+    return widest
+
+
+class _WilderRows(IndicatorRows):
+    """What RSI and ATR share per row: the previous close, how many candles were seen, and the
+    plain sums of the first `period` inputs that seed the smoothing."""
+
+    previous: FloatArray
+    count: npt.NDArray[np.int64]
+
+    def __init__(self, period: int, sums: int) -> None:
+        super().__init__()
+        self._period = period
+        self._a = (period - 1) / period
+        self._array("previous", np.float64, 0.0)
+        self._array("count", np.int64, 0)
+        self._sums = [f"sum{i}" for i in range(sums)]
+        for name in self._sums:
+            self._array(name, np.float64, 0.0)
+        self._smoothed = [self._part(RecurrenceRows()) for _ in range(sums)]
+
+    def _smooth(self, rows: RowIndex, close: FloatArray, inputs: tuple[FloatArray, ...]) -> list[FloatArray]:
+        """Each input's Wilder average at this candle (NaN before candle `period` + 1); the first
+        candle's inputs are ignored (they need a previous close)."""
+        n = self._period
+        self.previous[rows] = close
+        count = self.count[rows] + 1
+        self.count[rows] = np.minimum(count, n + 2)
+        outs = [np.full(rows.size, np.nan) for _ in inputs]
+        smoothing = np.flatnonzero(count > n + 1)
+        if smoothing.size:
+            at = rows[smoothing]
+            for out, smoothed, values in zip(outs, self._smoothed, inputs, strict=True):
+                out[smoothing] = smoothed.step(at, self._a, values[smoothing] / n)
+        seeding = np.flatnonzero((count > 1) & (count <= n + 1))
+        if seeding.size:
+            at = rows[seeding]
+            seeded = count[seeding] == n + 1
+            for out, name, smoothed, values in zip(outs, self._sums, self._smoothed, inputs, strict=True):
+                column = getattr(self, name)
+                total = column[at] + values[seeding]
+                column[at] = total
+                if seeded.any():
+                    seed = total[seeded] / n
+                    smoothed.start(at[seeded], seed)
+                    out[seeding[seeded]] = seed
+        return outs
 
 
 @dataclass(frozen=True)
@@ -70,44 +129,35 @@ class Rsi(Indicator[float, FloatArray]):
             out[n:] = np.where(total != 0, 100.0 * (gain / total), 0.0)
         return out
 
-    def start(self) -> RsiState:
-        return RsiState(self.period)
+    def rows(self) -> RsiRows:
+        return RsiRows(self.period)
+
+    def value_of(self, outputs: tuple[float, ...]) -> float:
+        return outputs[0]
 
 
-class RsiState(IndicatorState[float]):
-    __slots__ = ("_a", "_count", "_gain", "_loss", "_period", "_previous", "_smoothed")
-
+class RsiRows(_WilderRows):
     def __init__(self, period: int) -> None:
-        self._period = period
-        self._a = (period - 1) / period
-        self._previous = 0.0
-        self._count = 0
-        self._gain = 0.0
-        self._loss = 0.0
-        self._smoothed: tuple[LinearRecurrence, LinearRecurrence] | None = None
+        super().__init__(period, 2)
 
     def update(
-        self, high: float, low: float, close: float, volume: float, open_time_ms: int | None = None
-    ) -> float | None:
-        n = self._period
-        change = close - self._previous
-        self._previous = close
-        self._count += 1
-        if self._count == 1:
-            return None
-        up, down = (0.0, -change) if change < 0 else (change, 0.0)
-        if self._smoothed is None:
-            self._gain = self._gain + up
-            self._loss = self._loss + down
-            if self._count <= n:
-                return None
-            gain, loss = self._gain / n, self._loss / n
-            self._smoothed = (LinearRecurrence(gain), LinearRecurrence(loss))
-        else:
-            gain = self._smoothed[0].step(self._a, up / n)
-            loss = self._smoothed[1].step(self._a, down / n)
+        self,
+        rows: RowIndex,
+        high: FloatArray,
+        low: FloatArray,
+        close: FloatArray,
+        volume: FloatArray,
+        open_time_ms: IntArray | None = None,
+    ) -> tuple[FloatArray, ...]:
+        change = close - self.previous[rows]
+        falling = change < 0
+        up, down = np.where(falling, 0.0, change), np.where(falling, -change, 0.0)
+        gain, loss = self._smooth(rows, close, (up, down))
         total = gain + loss
-        return 100.0 * (gain / total) if total != 0 else 0.0
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rsi: FloatArray = np.where(total != 0, 100.0 * (gain / total), 0.0)
+        rsi[np.isnan(total)] = np.nan
+        return (rsi,)
 
 
 @dataclass(frozen=True)
@@ -134,38 +184,28 @@ class Atr(Indicator[float, FloatArray]):
         out[n + 1 :] = linear_recurrence((n - 1) / n, true_range[n:] / n, seed)
         return out
 
-    def start(self) -> AtrState:
-        return AtrState(self.period)
+    def rows(self) -> AtrRows:
+        return AtrRows(self.period)
+
+    def value_of(self, outputs: tuple[float, ...]) -> float:
+        return outputs[0]
 
 
-class AtrState(IndicatorState[float]):
-    __slots__ = ("_a", "_count", "_period", "_previous_close", "_smoothed", "_total")
-
+class AtrRows(_WilderRows):
     def __init__(self, period: int) -> None:
-        self._period = period
-        self._a = (period - 1) / period
-        self._previous_close = 0.0
-        self._count = 0
-        self._total = 0.0
-        self._smoothed: LinearRecurrence | None = None
+        super().__init__(period, 1)
 
     def update(
-        self, high: float, low: float, close: float, volume: float, open_time_ms: int | None = None
-    ) -> float | None:
-        n = self._period
-        true_range = _true_range_step(high, low, self._previous_close)
-        self._previous_close = close
-        self._count += 1
-        if self._count == 1:
-            return None
-        if self._smoothed is not None:
-            return self._smoothed.step(self._a, true_range / n)
-        self._total = self._total + true_range
-        if self._count <= n:
-            return None
-        seed = self._total / n
-        self._smoothed = LinearRecurrence(seed)
-        return seed
+        self,
+        rows: RowIndex,
+        high: FloatArray,
+        low: FloatArray,
+        close: FloatArray,
+        volume: FloatArray,
+        open_time_ms: IntArray | None = None,
+    ) -> tuple[FloatArray, ...]:
+        true_range = _true_range_rows(high, low, self.previous[rows])
+        return (self._smooth(rows, close, (true_range,))[0],)
 
 
 def _directional_movement(high_change: FloatArray, low_change: FloatArray) -> tuple[FloatArray, FloatArray]:
@@ -173,14 +213,6 @@ def _directional_movement(high_change: FloatArray, low_change: FloatArray) -> tu
     plus_wins = (high_change > 0) & (high_change > low_change)
     minus_wins = (low_change > 0) & (high_change < low_change)
     return np.where(plus_wins, high_change, 0.0), np.where(minus_wins, low_change, 0.0)
-
-
-def _directional_movement_step(high_change: float, low_change: float) -> tuple[float, float]:
-    if low_change > 0 and high_change < low_change:
-        return 0.0, low_change
-    if high_change > 0 and high_change > low_change:
-        return high_change, 0.0
-    return 0.0, 0.0
 
 
 @dataclass(frozen=True)
@@ -224,55 +256,88 @@ class Adx(Indicator[float, FloatArray]):
         )
         return out
 
-    def start(self) -> AdxState:
-        return AdxState(self.period)
+    def rows(self) -> AdxRows:
+        return AdxRows(self.period)
+
+    def value_of(self, outputs: tuple[float, ...]) -> float:
+        return outputs[0]
 
 
-class AdxState(IndicatorState[float]):
-    __slots__ = ("_a", "_adx", "_count", "_dx_total", "_period", "_previous", "_seeds", "_smoothed")
+class AdxRows(IndicatorRows):
+    """Per row: the previous candle, the seeds of the three smoothed sums (indexes 1…n-1), the
+    sums, the DX total that seeds the ADX (indexes n…2n-1), and the ADX's smoothing."""
+
+    previous: FloatArray
+    count: npt.NDArray[np.int64]
+    seeds: FloatArray
+    dx_total: FloatArray
 
     def __init__(self, period: int) -> None:
+        super().__init__()
         self._period = period
         self._a = (period - 1) / period
-        self._previous = (0.0, 0.0, 0.0)
-        self._count = 0
-        self._seeds = [0.0, 0.0, 0.0]
-        self._smoothed: list[LinearRecurrence] = []
-        self._dx_total = 0.0
-        self._adx: LinearRecurrence | None = None
+        self._array("previous", np.float64, 0.0, width=3)
+        self._array("count", np.int64, 0)
+        self._array("seeds", np.float64, 0.0, width=3)
+        self._array("dx_total", np.float64, 0.0)
+        self._smoothed = [self._part(RecurrenceRows()) for _ in range(3)]
+        self._adx = self._part(RecurrenceRows())
 
     def update(
-        self, high: float, low: float, close: float, volume: float, open_time_ms: int | None = None
-    ) -> float | None:
+        self,
+        rows: RowIndex,
+        high: FloatArray,
+        low: FloatArray,
+        close: FloatArray,
+        volume: FloatArray,
+        open_time_ms: IntArray | None = None,
+    ) -> tuple[FloatArray, ...]:
         n, a = self._period, self._a
-        previous_high, previous_low, previous_close = self._previous
-        self._previous = (high, low, close)
-        index = self._count
-        self._count += 1
-        if index == 0:
-            return None
-        plus, minus = _directional_movement_step(high - previous_high, previous_low - low)
-        values = (plus, minus, _true_range_step(high, low, previous_close))
-        if index < n:
-            self._seeds = [total + value for total, value in zip(self._seeds, values, strict=True)]
-            if index == n - 1:
-                self._smoothed = [LinearRecurrence(total) for total in self._seeds]
-            return None
+        previous = self.previous[rows]
+        self.previous[rows] = np.stack([high, low, close], axis=1)
+        index = self.count[rows]
+        self.count[rows] = np.minimum(index + 1, 2 * n + 1)
+        plus, minus = _directional_movement(high - previous[:, 0], previous[:, 1] - low)
+        values = (plus, minus, _true_range_rows(high, low, previous[:, 2]))
+        out = np.full(rows.size, np.nan)
+        seeding = np.flatnonzero((index > 0) & (index < n))
+        if seeding.size:
+            at = rows[seeding]
+            seeds = self.seeds[at]
+            for j in range(3):
+                seeds[:, j] = seeds[:, j] + values[j][seeding]
+            self.seeds[at] = seeds
+            started = index[seeding] == n - 1
+            for j in range(3):
+                self._smoothed[j].start(at[started], seeds[started, j])
+        summing = np.flatnonzero(index >= n)
+        if not summing.size:
+            return (out,)
+        at = rows[summing]
         plus_sum, minus_sum, range_sum = (
-            smoothed.step(a, value) for smoothed, value in zip(self._smoothed, values, strict=True)
+            smoothed.step(at, a, column[summing])
+            for smoothed, column in zip(self._smoothed, values, strict=True)
         )
-        dx = None
-        if range_sum != 0:
+        with np.errstate(divide="ignore", invalid="ignore"):
             plus_di = 100.0 * (plus_sum / range_sum)
             minus_di = 100.0 * (minus_sum / range_sum)
             di_total = minus_di + plus_di
-            if di_total != 0:
-                dx = 100.0 * (abs(minus_di - plus_di) / di_total)
-        if self._adx is not None:
-            return self._adx.step(a, dx / n) if dx is not None else self._adx.step(1.0, 0.0)
-        self._dx_total = self._dx_total + (dx if dx is not None else 0.0)
-        if index < 2 * n - 1:
-            return None
-        seed = self._dx_total / n
-        self._adx = LinearRecurrence(seed)
-        return seed
+            dx = 100.0 * (np.abs(minus_di - plus_di) / di_total)
+        defined = (range_sum != 0) & (di_total != 0)
+        index = index[summing]
+        adding = index <= 2 * n - 1
+        if adding.any():
+            total = self.dx_total[at[adding]] + np.where(defined[adding], dx[adding], 0.0)
+            self.dx_total[at[adding]] = total
+            seeded = index[adding] == 2 * n - 1
+            seed = total[seeded] / n
+            self._adx.start(at[adding][seeded], seed)
+            out[summing[adding][seeded]] = seed
+        smoothing = ~adding
+        if smoothing.any():
+            out[summing[smoothing]] = self._adx.step(
+                at[smoothing],
+                np.where(defined[smoothing], a, 1.0),
+                np.where(defined[smoothing], dx[smoothing] / n, 0.0),
+            )
+        return (out,)

@@ -3,6 +3,7 @@ persisted signals) equals the offline computation on the same real candles, acro
 flags gate it; a failing rule is disabled for its pair and audited; signals are broadcast."""
 
 import dataclasses
+import math
 
 import pytest
 from asgiref.sync import async_to_sync
@@ -20,7 +21,7 @@ from marketdata.tests.factories import SymbolFactory
 from marketdata.tests.shared_data import real_klines
 from rules import evaluation
 from rules.engine.base import CandleSeries
-from rules.engine.evaluator import PairState, RuleProgram, offline_signals
+from rules.engine.evaluator import RuleProgram, RuleStates, offline_signals
 from rules.engine.spec import parse_spec
 from rules.models import Signal
 from rules.services import rule_config_create, rule_version_activate
@@ -130,14 +131,35 @@ def test_flags_gate_rules_and_uncovered_pairs_are_skipped(series):
     assert Signal.objects.filter(symbol=symbol).count() > 0  # on now: rebuilt from history, and running
 
 
-def test_a_failing_rule_is_disabled_for_the_pair_and_audited(series, monkeypatch):
+def test_a_failing_rule_is_disabled_for_the_pair_and_audited(series):
+    symbol, klines = series
+    other = SymbolFactory.create(symbol="ETHUSDT")
+    eth = [dataclasses.replace(k, symbol="ETHUSDT") for k in klines]
+    candles_upsert_closed(writes=[CandleWrite(other.pk, k, "rest") for k in eth])
+    active_rule(symbols=("BTCUSDT", "ETHUSDT"))
+    broken = dataclasses.replace(event(symbol.pk, klines[500]), close=math.nan)
+    candles_closed([broken, event(other.pk, eth[500])])  # one step for both symbols
+    disabled = AuditEvent.objects.get(action="rules.pair.disabled")
+    assert disabled.payload["symbol"] == "BTCUSDT"
+    assert "ValueError" in disabled.payload["error"]
+    for index in range(501, 900):
+        candles_closed([event(symbol.pk, klines[index]), event(other.pk, eth[index])])
+    assert AuditEvent.objects.filter(action="rules.pair.disabled").count() == 1  # stays disabled, no flood
+    assert not Signal.objects.filter(symbol=symbol).exists()
+    # The other pair went on, as if it had been alone.
+    stored = [(int(s.open_time.timestamp() * 1000), s.action) for s in Signal.objects.order_by("open_time")]
+    assert stored == [signal for signal in offline(eth[:900]) if signal[0] >= eth[500].open_time_ms]
+    assert stored
+
+
+def test_a_rule_that_raises_disables_the_pairs_it_was_stepping(series, monkeypatch):
     symbol, klines = series
     active_rule()
 
     def broken(self, *args):
         raise ZeroDivisionError("boom")
 
-    monkeypatch.setattr(PairState, "step", broken)
+    monkeypatch.setattr(RuleStates, "step", broken)
     candles_closed([event(symbol.pk, klines[500])])
     disabled = AuditEvent.objects.get(action="rules.pair.disabled")
     assert disabled.payload["symbol"] == "BTCUSDT"

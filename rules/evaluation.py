@@ -372,7 +372,7 @@ class SignalEvaluator:
             return []
         with transaction.atomic():
             if connection.vendor == "postgresql":
-                _insert_arrays(drafts, computed_at)
+                _insert_json(drafts, computed_at)
             else:
                 Signal.objects.bulk_create(
                     [
@@ -415,37 +415,38 @@ class _Draft(NamedTuple):
     indicators: dict[str, float | None]
 
 
-# One statement with the columns bound server-side as arrays, as the candle writer does
-# (`marketdata.services`): Django's bulk_create renders every value in Python.
+# One statement for the whole batch, as the candle writer does (`marketdata.services`), with the
+# signals bound as one JSON array: Django's bulk_create renders every value in Python, and binding
+# arrays adapts every element in Python, where json.dumps does the whole batch in C.
 _INSERT_SIGNALS = (
     "INSERT INTO rules_signal (symbol_id, timeframe, open_time, rule_version_id, action, indicators, "
-    "computed_at) SELECT symbol_id, timeframe, 'epoch'::timestamptz + open_ms * interval '1 millisecond', "
-    "version_id, action, seen.indicators, %(computed_at)s FROM unnest(%(symbol_id)b::int8[], "
-    "%(timeframe)b::text[], %(open_ms)b::int8[], %(version_id)b::int8[], %(action)b::text[]) "
-    "WITH ORDINALITY AS batch(symbol_id, timeframe, open_ms, version_id, action, n) "
-    "JOIN jsonb_array_elements(%(indicators)s::jsonb) WITH ORDINALITY AS seen(indicators, n) USING (n) "
-    "ON CONFLICT DO NOTHING"
+    "computed_at) SELECT (s->>0)::int8, s->>1, "
+    "'epoch'::timestamptz + (s->>2)::int8 * interval '1 millisecond', (s->>3)::int8, s->>4, s->5, "
+    "%(computed_at)s FROM jsonb_array_elements(%(signals)s::jsonb) AS s ON CONFLICT DO NOTHING"
 )
 
 
-def _insert_arrays(drafts: list[_Draft], computed_at: datetime) -> None:
-    params = {
-        "computed_at": computed_at,
-        "symbol_id": [d.candle.symbol_id for d in drafts],
-        "timeframe": [d.candle.timeframe.value for d in drafts],
-        "open_ms": [d.candle.open_time_ms for d in drafts],
-        "version_id": [d.version_id for d in drafts],
-        "action": [d.action for d in drafts],
-        # As the JSONField writes each (json.dumps; NaN was made None in the draft), all in one
-        # array: one call of the encoder instead of one per signal.
-        "indicators": json.dumps([d.indicators for d in drafts]),
-    }
+def _insert_json(drafts: list[_Draft], computed_at: datetime) -> None:
+    # The indicator snapshots as the JSONField writes them (json.dumps; NaN was made None).
+    signals = json.dumps(
+        [
+            (
+                d.candle.symbol_id,
+                d.candle.timeframe.value,
+                d.candle.open_time_ms,
+                d.version_id,
+                d.action,
+                d.indicators,
+            )
+            for d in drafts
+        ]
+    )
     with connection.wrap_database_errors:
         connection.ensure_connection()
         raw = connection.connection
         assert raw is not None
         with psycopg.Cursor(raw) as cursor:
-            cursor.execute(_INSERT_SIGNALS, params)
+            cursor.execute(_INSERT_SIGNALS, {"computed_at": computed_at, "signals": signals})
 
 
 def _payloads(drafts: list[_Draft], computed_at: datetime) -> list[dict[str, Any]]:

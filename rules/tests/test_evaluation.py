@@ -115,6 +115,33 @@ def test_replaying_through_the_live_path_equals_offline_even_across_a_restart(se
     assert stored_signals() == expected
 
 
+def test_stored_signals_hold_the_values_the_rule_saw(series):
+    symbol, klines = series
+    active_rule()
+    for k in klines[:400]:
+        candles_closed([event(symbol.pk, k)])
+    candles = CandleSeries.from_columns(
+        open_time_ms=[k.open_time_ms for k in klines[:400]],
+        high=[float(k.high) for k in klines[:400]],
+        low=[float(k.low) for k in klines[:400]],
+        close=[float(k.close) for k in klines[:400]],
+        volume=[float(k.volume) for k in klines[:400]],
+    )
+    program = RuleProgram.from_spec(parse_spec(SPEC), Timeframe.M1)
+    batch = {item.outputs[0]: item.indicator.batch(candles) for item in program.indicators}
+    index = {k.open_time_ms: n for n, k in enumerate(klines)}
+    signals = list(Signal.objects.order_by("open_time"))
+    assert signals
+    for signal in signals:
+        at = index[int(signal.open_time.timestamp() * 1000)]
+        assert signal.symbol_id == symbol.pk
+        assert signal.timeframe == "1m"
+        assert signal.indicators["close"] == float(klines[at].close)
+        assert signal.indicators["open"] == float(klines[at].open)
+        for name, column in batch.items():
+            assert signal.indicators[name] == float(column[at])  # exactly, through the JSON
+
+
 def test_flags_gate_rules_and_uncovered_pairs_are_skipped(series):
     symbol, klines = series
     config = active_rule(everyone=False)

@@ -85,8 +85,8 @@ class _Block:
     rows: dict[int, int] = field(default_factory=dict)  # symbol id → row
 
 
-# One close to evaluate: (its place in the batch's time order, the covering rule's place, it).
-_Work = tuple[int, int, ClosedCandle]
+# One close to evaluate: (its place in the batch's time order, it).
+_Work = tuple[int, ClosedCandle]
 
 
 class SignalEvaluator:
@@ -109,23 +109,26 @@ class SignalEvaluator:
         if not active:
             return []
         ordered = sorted(candles, key=lambda c: c.open_time_ms)
-        by_timeframe: dict[Timeframe, list[tuple[int, ClosedCandle]]] = defaultdict(list)
+        by_timeframe: dict[Timeframe, list[_Work]] = defaultdict(list)
+        symbols: dict[Timeframe, set[str]] = defaultdict(set)
         for place, candle in enumerate(ordered):
             by_timeframe[candle.timeframe].append((place, candle))
+            symbols[candle.timeframe].add(candle.symbol)
         evaluated: dict[Timeframe, int] = defaultdict(int)
         groups: dict[tuple[int, Timeframe], list[_Work]] = {}
         for index, entry in enumerate(active):
             runnable = self._runnable(entry, Flag.get(entry.config.flag_name))  # the flag once a batch
             for timeframe in entry.timeframes & by_timeframe.keys():
-                groups[(index, timeframe)] = [
-                    (place, index, candle)
-                    for place, candle in by_timeframe[timeframe]
-                    if candle.symbol in runnable
-                ]
+                work = by_timeframe[timeframe]  # (shared by the rules: never changed in place)
+                if not runnable.issuperset(symbols[timeframe]):
+                    work = [(place, candle) for place, candle in work if candle.symbol in runnable]
+                groups[(index, timeframe)] = work
         if self._disabled:
             for (index, timeframe), work in groups.items():
                 version_id = active[index].version_id
-                work[:] = [w for w in work if (version_id, w[2].symbol_id, timeframe) not in self._disabled]
+                groups[(index, timeframe)] = [
+                    w for w in work if (version_id, w[1].symbol_id, timeframe) not in self._disabled
+                ]
         for (_, timeframe), work in groups.items():
             evaluated[timeframe] += len(work)
         rounds = {key: _rounds(work) for key, work in groups.items() if work}
@@ -138,23 +141,25 @@ class SignalEvaluator:
             entry = active[index]
             block = self._blocks[(entry.version_id, timeframe)]
             for step in steps:
-                drafts += self._step(entry, block, step, columns)
+                drafts += self._step(index, entry, block, step, columns)
         for timeframe, count in evaluated.items():
             EVALUATIONS.labels(timeframe.value).inc(count)
         drafts.sort(key=lambda draft: (draft.place, draft.rule))  # the batch's time order, then rules'
         return self._persist(drafts, timezone.now())
 
-    def _step(self, entry: _Active, block: _Block, work: list[_Work], batch: list[Any]) -> list[_Draft]:
+    def _step(
+        self, rule: int, entry: _Active, block: _Block, work: list[_Work], batch: list[Any]
+    ) -> list[_Draft]:
         """Evaluate one close per symbol (distinct symbols) of one rule and timeframe at once;
         `batch` is the batch's candle columns (`_candle_columns`), in its time order."""
         states = block.states
         if self._disabled:  # (some may have been disabled since the batch was sorted)
             work = [
-                w for w in work if (entry.version_id, w[2].symbol_id, w[2].timeframe) not in self._disabled
+                w for w in work if (entry.version_id, w[1].symbol_id, w[1].timeframe) not in self._disabled
             ]
             if not work:
                 return []
-        rows = np.array(list(map(block.rows.__getitem__, [w[2].symbol_id for w in work])), dtype=np.intp)
+        rows = np.array(list(map(block.rows.__getitem__, [w[1].symbol_id for w in work])), dtype=np.intp)
         places = np.array([w[0] for w in work], dtype=np.intp)
         columns = [column[places] for column in batch]
         # A repeated close (already evaluated: its signal is stored) is skipped, a bad one disables
@@ -163,7 +168,7 @@ class SignalEvaluator:
         bad = fresh & ~_sound(columns)
         for at in np.flatnonzero(bad).tolist():
             error = ValueError("a price or volume that is not a finite number (or a negative volume)")
-            self._disable(entry, work[at][2], error)
+            self._disable(entry, work[at][1], error)
         keep = np.flatnonzero(fresh & ~bad)
         if not keep.size:
             return []
@@ -172,7 +177,7 @@ class SignalEvaluator:
         try:
             result = states.step(rows, *columns)
         except Exception as exc:  # noqa: BLE001 - a failing rule is disabled for the pairs, audited
-            for _, _, candle in work:
+            for _, candle in work:
                 self._disable(entry, candle, exc)
             return []
         said = np.flatnonzero(result.exit | result.enter)
@@ -188,10 +193,10 @@ class SignalEvaluator:
             seen.append(boxed.tolist())
         drafts = []
         for n, (at, values) in enumerate(zip(said.tolist(), zip(*seen, strict=True), strict=True)):
-            place, index, candle = work[at]
+            place, candle = work[at]
             action = EXIT if exits[n] else ENTER
             drafts.append(
-                _Draft(place, index, candle, entry.version_id, action, dict(zip(names, values, strict=True)))
+                _Draft(place, rule, candle, entry.version_id, action, dict(zip(names, values, strict=True)))
             )
         return drafts
 
@@ -253,15 +258,15 @@ class SignalEvaluator:
             states = block.states
             first = steps[0]  # the first close of each symbol
             known = block.rows
-            placed = np.array([known.get(w[2].symbol_id, -1) for w in first], dtype=np.intp)
+            placed = np.array([known.get(w[1].symbol_id, -1) for w in first], dtype=np.intp)
             ready = placed >= 0
             if states.size:
                 at = np.where(ready, placed, 0)
-                first_opens = np.array([w[2].open_time_ms for w in first], dtype=np.int64)
+                first_opens = np.array([w[1].open_time_ms for w in first], dtype=np.int64)
                 last = states.last_open_ms[at]
                 ready &= states.seen[at] & ((last == first_opens - timeframe.ms) | (last >= first_opens))
             for n in np.flatnonzero(~ready).tolist():
-                candle = first[n][2]
+                candle = first[n][1]
                 stale.setdefault((index, timeframe), {})[candle.symbol_id] = candle
         if not stale:
             return
@@ -475,12 +480,12 @@ def _payloads(drafts: list[_Draft], computed_at: datetime) -> list[dict[str, Any
 def _rounds(work: list[_Work]) -> list[list[_Work]]:
     """`work` (in time order) as steps of distinct symbols: each symbol's first close, then its
     second, and so on (a batch may bring several closes of a pair, after a gap)."""
-    if len({item[2].symbol_id for item in work}) == len(work):
+    if len({item[1].symbol_id for item in work}) == len(work):
         return [work]  # one close per symbol, the usual case
     rounds: list[list[_Work]] = []
     count: dict[int, int] = defaultdict(int)
     for item in work:
-        symbol_id = item[2].symbol_id
+        symbol_id = item[1].symbol_id
         if count[symbol_id] == len(rounds):
             rounds.append([])
         rounds[count[symbol_id]].append(item)

@@ -204,3 +204,27 @@ class Notification(models.Model):
 
     def __str__(self) -> str:
         return f"{self.channel} {self.kind} of alert {self.alert_id}: {self.status}"
+
+
+class MirrorOutbox(models.Model):
+    """Documents to mirror to MongoDB (when MONGO_URL is set), written in the same transaction
+    as what they mirror and shipped later in `id` order (audit.mirror)."""
+
+    class Kind(models.TextChoices):
+        AUDIT_EVENT = "audit_event"
+        RULE_VERSION = "rule_version"
+
+    id = models.BigAutoField(primary_key=True)
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    key = models.CharField(max_length=100, help_text="The document's _id in its collection.")
+    document = models.JSONField()
+    created_at = models.DateTimeField()
+    shipped_at = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["shipped_at", "id"], name="audit_mirror_pending")]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.key} ({'shipped' if self.shipped_at else 'pending'})"

@@ -12,6 +12,7 @@ from django.utils import timezone
 
 from audit.alerts import alert_level
 from audit.chain import GENESIS_HASH, EventContent, event_hash, normalise_payload
+from audit.mirror import mirror_enqueue
 from audit.models import AuditEvent
 
 logger = structlog.get_logger(__name__)
@@ -83,6 +84,21 @@ def audit_record(
                 object_type=event.object_type,
                 object_id=event.object_id,
             )
+        )
+        mirror_enqueue(
+            kind="audit_event",
+            key=str(event.seq),
+            document={
+                "seq": event.seq,
+                "created_at": event.created_at.isoformat(),
+                "actor": event.actor,
+                "action": event.action,
+                "object_type": event.object_type,
+                "object_id": event.object_id,
+                "payload": event.payload,
+                "prev_hash": event.prev_hash,
+                "hash": event.hash,
+            },
         )
         level = alert_level(event.action, clean_payload)
         if level is not None:

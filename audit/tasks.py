@@ -7,6 +7,7 @@ from typing import Any
 from celery import shared_task
 
 from audit.alerting import alert_raise, alert_resolve, alerts_expire
+from audit.mirror import mirror_ship
 from audit.models import AlertSeverity
 from audit.notifications import notifications_dispatch
 from audit.selectors import audit_chain_verify
@@ -40,3 +41,10 @@ def chain_verify_task() -> dict[str, Any]:
             actor="system:audit_verify",
         )
     return {"intact": result.intact, "checked": result.checked, "broken_seq": result.broken_seq}
+
+
+@shared_task(name="audit.mirror_ship", acks_late=True, expires=60)
+def mirror_ship_task() -> dict[str, Any]:
+    """Ship the MongoDB mirror's outbox, in order (a no-op without MONGO_URL)."""
+    result = mirror_ship()
+    return {"shipped": result.shipped, "pending": result.pending, "error": result.error}

@@ -187,6 +187,8 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     "audit-notifications-dispatch": {"task": "audit.notifications_dispatch", "schedule": 15.0},
     # Alerts raised by events resolve after an hour without a recurrence.
     "audit-alerts-expire": {"task": "audit.alerts_expire", "schedule": 300.0},
+    # The MongoDB mirror's outbox, shipped in order (a no-op without MONGO_URL).
+    "audit-mirror-ship": {"task": "audit.mirror_ship", "schedule": 10.0},
     # The whole audit hash chain, re-verified; a break is a critical alert.
     "audit-chain-verify": {"task": "audit.chain_verify", "schedule": 6 * 3600.0},
 }

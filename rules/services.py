@@ -15,7 +15,8 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
 from waffle.models import Flag
 
-from audit.services import Actor, audit_record
+from audit.mirror import mirror_enqueue
+from audit.services import Actor, actor_label, audit_record
 from marketdata.models import Symbol
 from rules.engine.spec import RuleSpec, SpecError, parse_spec
 from rules.models import RuleConfig, RuleConfigVersion
@@ -124,6 +125,22 @@ def _version_create(
             "checksum": version.checksum,
             "parent": None if newest is None else newest.number,
             "comment": comment,
+        },
+    )
+    mirror_enqueue(
+        kind="rule_version",
+        key=f"{config.pk}:{version.number}",
+        document={
+            "config": config.pk,
+            "rule": config.name,
+            "number": version.number,
+            "spec": version.spec,
+            "symbols": version.symbols,
+            "checksum": version.checksum,
+            "parent": None if newest is None else newest.number,
+            "author": actor_label(author),
+            "comment": comment,
+            "created_at": version.created_at.isoformat(),
         },
     )
     return version

@@ -192,12 +192,14 @@ class SignalEvaluator:
             boxed[np.isnan(picked)] = None
             seen.append(boxed.tolist())
         drafts = []
+        timeframe = work[0][1].timeframe
+        text, length = timeframe.value, timeframe.ms  # (an Enum's attributes are slow to read)
         for n, (at, values) in enumerate(zip(said.tolist(), zip(*seen, strict=True), strict=True)):
             place, candle = work[at]
             action = EXIT if exits[n] else ENTER
-            drafts.append(
-                _Draft(place, rule, candle, entry.version_id, action, dict(zip(names, values, strict=True)))
-            )
+            indicators = dict(zip(names, values, strict=True))
+            closed_at = (candle.open_time_ms + length) / 1000
+            drafts.append(_Draft(place, rule, candle, text, closed_at, entry.version_id, action, indicators))
         return drafts
 
     # -- rule versions and states ------------------------------------------------------------
@@ -383,7 +385,7 @@ class SignalEvaluator:
                     [
                         Signal(
                             symbol_id=d.candle.symbol_id,
-                            timeframe=d.candle.timeframe.value,
+                            timeframe=d.timeframe,
                             open_time=utc_from_ms(d.candle.open_time_ms),
                             rule_version_id=d.version_id,
                             action=d.action,
@@ -398,12 +400,11 @@ class SignalEvaluator:
             payloads = _payloads(drafts, computed_at)
             broadcast_after_commit(SIGNALS_GROUP, {"type": "signals.new", "signals": payloads})
         committed = time.time()
-        by_timeframe: dict[Timeframe, list[float]] = defaultdict(list)
+        by_timeframe: dict[str, list[float]] = defaultdict(list)
         for draft in drafts:
-            candle = draft.candle
-            by_timeframe[candle.timeframe].append((candle.open_time_ms + candle.timeframe.ms) / 1000)
+            by_timeframe[draft.timeframe].append(draft.closed_at)
         for timeframe, closes in by_timeframe.items():
-            histogram = SIGNAL_LATENCY.labels(timeframe.value)
+            histogram = SIGNAL_LATENCY.labels(timeframe)
             for closed_at in closes:
                 histogram.observe(max(0.0, committed - closed_at))
         return payloads
@@ -415,6 +416,8 @@ class _Draft(NamedTuple):
     place: int  # in the batch's time order
     rule: int  # the rule's place among the active ones
     candle: ClosedCandle
+    timeframe: str
+    closed_at: float  # the candle's close, seconds since the epoch
     version_id: int
     action: str
     indicators: dict[str, float | None]
@@ -437,7 +440,7 @@ def _insert_json(drafts: list[_Draft], computed_at: datetime) -> None:
         [
             (
                 d.candle.symbol_id,
-                d.candle.timeframe.value,
+                d.timeframe,
                 d.candle.open_time_ms,
                 d.version_id,
                 d.action,
@@ -466,7 +469,7 @@ def _payloads(drafts: list[_Draft], computed_at: datetime) -> list[dict[str, Any
         payloads.append(
             {
                 "symbol_id": candle.symbol_id,
-                "timeframe": candle.timeframe.value,
+                "timeframe": draft.timeframe,
                 "open_time": opened[candle.open_time_ms],
                 "rule_version_id": draft.version_id,
                 "action": draft.action,

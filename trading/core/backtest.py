@@ -271,8 +271,10 @@ def run(
         first, last_cycle = min(by_time), max(by_time)
         cycles.update(range(first, last_cycle + 1, MINUTE_MS))
     for now in sorted(cycles):
-        _settle(book, symbols, settings, now)
         arrived = by_time.get(now, _NO_EVENTS)
+        if not arrived and not waiting and not book.open_orders and not _holds(book):
+            continue  # a stop-check minute with nothing open, waiting or held: it would do nothing
+        _settle(book, symbols, settings, now)
         queue = waiting + arrived if waiting else arrived
         waiting = []
         for index, event in enumerate(queue):
@@ -285,6 +287,10 @@ def run(
     last = max(by_time, default=0)
     _settle(book, symbols, settings, last + MINUTE_MS)  # what the final orders filled at
     return BacktestResult(orders=orders, decisions=decided, positions=book.positions, balances=book.balances)
+
+
+def _holds(book: _Book) -> bool:
+    return any(state.quantity > 0 for state in book.positions.values())
 
 
 def _settle(book: _Book, symbols: Mapping[str, MarketSymbol], settings: BacktestSettings, now: int) -> None:

@@ -126,6 +126,12 @@ class MarketSymbol:
             opens = [m.open_ms for m in self.minutes]
         object.__setattr__(self, "_opens", opens)
 
+    @property
+    def opens(self) -> list[int]:
+        """The minutes' open times (ms), in order."""
+        opens: list[int] = self._opens  # type: ignore[attr-defined]
+        return opens
+
     def first_from(self, open_ms: int) -> int:
         """Index of the first minute opening at or after `open_ms`."""
         return bisect.bisect_left(self._opens, open_ms)  # type: ignore[attr-defined]
@@ -319,7 +325,7 @@ def _settle(book: _Book, symbols: Mapping[str, MarketSymbol], settings: Backtest
 
 
 def _match(order: SimOrder, market: MarketSymbol, model: FillModel, now: int) -> ExecutedFill | None:
-    opens: list[int] = market._opens  # type: ignore[attr-defined]
+    opens = market.opens
     index = market.first_from(order.placed_ms - order.placed_ms % MINUTE_MS)
     if index >= len(opens) or opens[index] + MINUTE_MS > now:
         return None  # no candle of its minute or after is over yet

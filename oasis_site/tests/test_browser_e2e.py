@@ -8,22 +8,17 @@ without a reload. Screenshots of every page are kept in var/test-artifacts/.
 
 from __future__ import annotations
 
-import json
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from oasis_site.tests.stack_harness import ROOT, get_json, running_stack
+
 ARTIFACTS = ROOT / "var" / "test-artifacts"
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -38,17 +33,6 @@ CHROMIUM_ARGS = [
 pytestmark = pytest.mark.e2e
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def get_json(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=10) as response:
-        return json.loads(response.read())
-
-
 def require_chromium() -> None:
     if Path(CHROMIUM).exists():
         return
@@ -60,81 +44,9 @@ def require_chromium() -> None:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    """`manage.py devstack` (what `make run` runs) on free ports and a fresh SQLite file."""
     require_chromium()
-    folder = tmp_path_factory.mktemp("stack")
-    web, sim = free_port(), free_port()
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if key
-        not in {
-            "DATABASE_URL",
-            "REDIS_URL",
-            "OASIS_ENV",
-            "DJANGO_SETTINGS_MODULE",
-            "OASIS_BROADCAST_RELAY_URL",
-        }
-    }
-    env.update(
-        OASIS_ENV="dev",
-        OASIS_PORT=str(web),
-        OASIS_LOG_FORMAT="json",
-        DATABASE_URL=f"sqlite:///{folder}/stack.sqlite3",
-        OASIS_SIM_REST_URL=f"http://127.0.0.1:{sim}",
-        OASIS_SIM_WS_URL=f"ws://127.0.0.1:{sim}",
-    )
-    migrate = subprocess.run(
-        [sys.executable, "manage.py", "migrate", "--no-input"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        timeout=180,
-    )
-    assert migrate.returncode == 0, migrate.stderr.decode()
-    log_path = folder / "stack.log"
-    with log_path.open("w") as log:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "manage.py",
-                "devstack",
-                "--symbols",
-                "BTCUSDT,ETHUSDT",
-                "--timeframes",
-                "1m",
-                "--sim-speed",
-                "30",
-                "--ingest-metrics-port",
-                str(free_port()),
-                "--trade-metrics-port",
-                str(free_port()),
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    base = f"http://127.0.0.1:{web}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert process.poll() is None, log_path.read_text()[-4000:]
-            try:
-                if get_json(f"{base}/symbols/BTCUSDT/chart.json?tf=1m")["candles"]:
-                    break
-            except (urllib.error.URLError, ConnectionError, ValueError):
-                pass
-            assert time.monotonic() < deadline, "no candles within 120 s:\n" + log_path.read_text()[-4000:]
-            time.sleep(0.5)
-        yield {"base": base, "log": log_path}
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=40)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    with running_stack(tmp_path_factory.mktemp("stack")) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")

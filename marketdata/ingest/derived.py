@@ -47,12 +47,21 @@ def closed_candle_event(write: CandleWrite, *, symbol: str, committed_at: float)
 
 
 class DerivedRefresher:
-    def __init__(self, *, latency_monitor: ServiceLevelMonitor | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        latency_monitor: ServiceLevelMonitor | None = None,
+        post_close_monitor: ServiceLevelMonitor | None = None,
+    ) -> None:
         self._use_celery = not settings.CELERY_TASK_ALWAYS_EAGER
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="derived-candles")
         # WS → persisted per timeframe (the exchange's event time to our commit), for the
         # service-level alert; checked from the worker thread, never on the event loop.
         self._monitor = latency_monitor
+        # Close → calculated per timeframe: from the exchange's close event of the candle (for a
+        # derived one, of the 1m candle that completed its bucket) to its derived candles
+        # written and its rules evaluated and their signals stored (the listeners returned).
+        self._post_close = post_close_monitor
 
     def after_commit(self, batch: list[CandleWrite], committed_at: float, took: float) -> None:
         """`CandleWriter` on_committed hook (runs on the event loop: only hands work over).
@@ -86,8 +95,25 @@ class DerivedRefresher:
         ]
         candles_broadcast(derived_events)
         candles_closed(events + derived_events)
+        if self._post_close is not None:
+            self._post_close_observe(batch, derived)
         if self._monitor is not None:
             self._monitor.maybe_check()
+
+    def _post_close_observe(self, batch: list[CandleWrite], derived: list[CandleWrite]) -> None:
+        assert self._post_close is not None
+        done_ms = time.time() * 1000
+        closed_ms: dict[int, int] = {}
+        for write in batch:
+            event_ms = write.kline.event_time_ms
+            if event_ms is None:
+                continue  # backfilled over REST: no close event to measure from
+            closed_ms[write.symbol_id] = max(closed_ms.get(write.symbol_id, 0), event_ms)
+            self._post_close.add(write.kline.timeframe.value, done_ms - event_ms)
+        for write in derived:
+            if write.symbol_id in closed_ms:
+                self._post_close.add(write.kline.timeframe.value, done_ms - closed_ms[write.symbol_id])
+        self._post_close.maybe_check()
 
     def _refresh(self, request: RefreshRequest, derived: list[CandleWrite]) -> None:
         try:

@@ -69,19 +69,24 @@ def test_injected_latency_raises_one_alert_notifies_once_opens_an_incident_and_r
             )
             [alert] = Alert.objects.filter(key=KEY)  # one row, however often it recurred
             assert alert.severity == "critical"
-            assert alert.payload["p95_ms"] > 300
             assert alert.payload["p95_ms"] >= 600
-            assert notifications_dispatch() == 2
-            assert notifications_dispatch() == 0  # nothing more is due: deduplicated
-            assert len(webhook.received) == 1
-            assert "STILL" not in webhook.received[0]["text"]
-            assert "WS → persisted 1m: p95" in webhook.received[0]["text"]
-            assert len(smtp.messages) == 1
-            assert smtp.messages[0]["to"] == ["desk@example.com"]
-            assert (
-                "WS =E2=86=92 persisted" in smtp.messages[0]["data"]
-                or "WS → persisted" in smtp.messages[0]["data"]
-            )
+            notifications_dispatch()
+            notifications_dispatch()  # nothing more is due for what already fired: deduplicated
+            # 700 ms late frames breach both service levels (close → calculated too): each alert
+            # reaches each channel exactly once.
+            keys = [
+                line.split("key ", 1)[1].split(" ", 1)[0]
+                for m in webhook.received
+                for line in m["text"].splitlines()
+                if line.startswith("key ")
+            ]
+            assert KEY in keys
+            assert "slo.post_close_p95.1m" in keys
+            assert len(keys) == len(set(keys)), keys
+            assert len(smtp.messages) == len(webhook.received)
+            assert {message["to"][0] for message in smtp.messages} == {"desk@example.com"}
+            ingest_message = next(m["text"] for m in webhook.received if f"key {KEY} " in m["text"])
+            assert "FIRING: WS → persisted 1m: p95" in ingest_message
 
             incident = Incident.objects.get()
             assert incident.state == "open"
@@ -101,8 +106,10 @@ def test_injected_latency_raises_one_alert_notifies_once_opens_an_incident_and_r
             stop_ingest(process, log)
         assert Alert.objects.filter(key=KEY).count() == 1
         notifications_dispatch()
-        assert len(webhook.received) == 2
-        assert "RESOLVED" in webhook.received[1]["text"]
+        resolved = [
+            m["text"] for m in webhook.received if f"key {KEY} " in m["text"] and "RESOLVED" in m["text"]
+        ]
+        assert len(resolved) == 1
 
         with pytest.raises(IncidentError, match="at least one corrective action"):
             incident_close(

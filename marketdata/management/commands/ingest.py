@@ -71,7 +71,15 @@ class Command(BaseCommand):
             interval_s=settings.OASIS_SLO_CHECK_S,
             actor="system:ingest",
         )
-        refresher = DerivedRefresher(latency_monitor=monitor)
+        post_close = ServiceLevelMonitor(
+            key="slo.post_close_p95",
+            title="Close → calculated",
+            threshold_ms=settings.OASIS_SLO_POST_CLOSE_P95_MS,
+            window_s=settings.OASIS_SLO_WINDOW_S,
+            interval_s=settings.OASIS_SLO_CHECK_S,
+            actor="system:ingest",
+        )
+        refresher = DerivedRefresher(latency_monitor=monitor, post_close_monitor=post_close)
         writer = CandleWriter(on_committed=refresher.after_commit)
         engine = IngestEngine(
             profile=profile,

@@ -9,6 +9,7 @@ service fails the run instead of hiding tests.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import pytest
 
@@ -47,3 +48,17 @@ def celery_inline(settings: object) -> object:
     app.conf.task_always_eager = True
     yield app
     app.conf.task_always_eager = previous
+
+
+@pytest.fixture
+def mongo(settings: Any, tmp_path: Any) -> Any:
+    """A MongoDB wire-protocol server on loopback, MONGO_URL pointing at its `oasis_test` db."""
+    from audit.tests.mongo_server import WireServer
+
+    server = WireServer(tmp_path)
+    server.start()
+    settings.MONGO_URL = f"mongodb://127.0.0.1:{server.port}/oasis_test"
+    try:
+        yield server
+    finally:
+        server.stop()

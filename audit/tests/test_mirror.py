@@ -1,16 +1,10 @@
 """The MongoDB mirror, against a MongoDB wire-protocol server on loopback (nx-27017, file
 backed so that a restart keeps what it stored): with the server down for a while, events keep
 being recorded; when it is back they arrive in order, none lost, none duplicated. Rule
-versions are mirrored too, and index migrations apply once."""
+versions are mirrored too (rules/tests/test_mirror_rules.py), and index migrations apply once."""
 
 from __future__ import annotations
 
-import socket
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,69 +14,11 @@ from pymongo import MongoClient
 from audit.mirror import mirror_ship
 from audit.models import AuditEvent, MirrorOutbox
 from audit.services import audit_record
-from marketdata.tests.factories import SymbolFactory
 
 pytestmark = pytest.mark.django_db
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class WireServer:
-    def __init__(self, folder: Path) -> None:
-        self.port = free_port()
-        self.folder = folder
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        executable = Path(sys.executable).with_name("nx-27017")
-        self.process = subprocess.Popen(
-            [
-                str(executable),
-                "--host",
-                "127.0.0.1",
-                "-p",
-                str(self.port),
-                "--db",
-                str(self.folder / "mirror.db"),
-                "--pid-file",
-                str(self.folder / "nx.pid"),
-                "--log-file",
-                str(self.folder / "nx.log"),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            with socket.socket() as sock:
-                if sock.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return
-            time.sleep(0.1)
-        raise AssertionError("the wire server did not start")
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            self.process.wait(timeout=10)
-            self.process = None
-
-
-@pytest.fixture
-def mongo(settings: Any, tmp_path: Path) -> Iterator[WireServer]:
-    server = WireServer(tmp_path)
-    server.start()
-    settings.MONGO_URL = f"mongodb://127.0.0.1:{server.port}/oasis_test"
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-def mirrored(server: WireServer, collection: str) -> list[dict[str, Any]]:
+def mirrored(server: Any, collection: str) -> list[dict[str, Any]]:
     client: MongoClient[dict[str, Any]] = MongoClient(
         f"mongodb://127.0.0.1:{server.port}", serverSelectionTimeoutMS=3000
     )
@@ -135,24 +71,7 @@ def test_a_row_shipped_twice_is_not_duplicated(mongo):
     assert len(mirrored(mongo, "audit_events")) == 1
 
 
-def test_rule_versions_are_mirrored_and_migrations_apply_once(mongo, capsys):
-    from rules.services import rule_config_create
-
-    SymbolFactory.create(symbol="BTCUSDT", base="BTC")
-    spec = {
-        "timeframes": ["1m"],
-        "indicators": {"fast": {"kind": "ema", "period": 9}, "slow": {"kind": "ema", "period": 21}},
-        "entry": "fast crosses_above slow",
-        "exit": "fast crosses_below slow",
-        "sizing": {"quote_amount": "100"},
-        "limits": {"max_position_per_symbol": "500", "max_position_total": "1000"},
-    }
-    config = rule_config_create(name="ema", description="", symbols=["BTCUSDT"], spec=spec, author="cli:ops")
-    mirror_ship()
-    [version] = mirrored(mongo, "rule_versions")
-    assert (version["_id"], version["rule"], version["number"]) == (f"{config.pk}:1", "ema", 1)
-    assert version["spec"]["entry"] == "fast crosses_above slow"
-
+def test_index_migrations_apply_once(mongo, capsys):
     call_command("mongo_migrate")
     call_command("mongo_migrate")
     out = capsys.readouterr().out

@@ -60,6 +60,8 @@ OASIS_SLO_INGEST_P95_MS = 300.0
 OASIS_SLO_POST_CLOSE_P95_MS = 500.0
 OASIS_SLO_WINDOW_S = ENV.slo_window_s
 OASIS_SLO_CHECK_S = ENV.slo_check_s
+# Drawdown of an account from its equity peak at which a warning alert fires (percent).
+OASIS_ALERT_DRAWDOWN_PCT = 5
 # Each process sends its alerts' notifications from a background thread; tests send them
 # explicitly (audit.notifications.notifications_dispatch) or switch this on.
 OASIS_ALERT_DISPATCH_THREAD = ENV.name != "test"

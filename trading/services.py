@@ -10,9 +10,12 @@ from datetime import datetime
 from decimal import Decimal
 
 import structlog
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from audit.alerting import alert_raise, alert_resolve
+from audit.models import AlertSeverity
 from audit.services import Actor, audit_record
 from marketdata.core.timeframes import utc_from_ms
 from marketdata.fields import AsNumber
@@ -499,4 +502,23 @@ def equity_snapshot_take(*, mode: str, quote_asset: str, now: datetime | None = 
             metrics.DRAWDOWN.labels(mode=mode).set(float(snapshot.drawdown_pct))
 
         transaction.on_commit(publish)
+        _drawdown_alert(mode, snapshot.drawdown_pct)
     return snapshot
+
+
+def _drawdown_alert(mode: str, drawdown_pct: Decimal) -> None:
+    """A warning while the account is deeper below its peak than OASIS_ALERT_DRAWDOWN_PCT (the
+    kill switch's drawdown tripwire, set per rule, is the hard stop; this is the early word)."""
+    key = f"trading.drawdown.{mode}"
+    limit = Decimal(str(settings.OASIS_ALERT_DRAWDOWN_PCT))
+    if drawdown_pct >= limit:
+        alert_raise(
+            key=key,
+            severity=AlertSeverity.WARNING,
+            title=f"{mode} drawdown {drawdown_pct:f} % (alert at {limit:f} %)",
+            detail="equity below its peak; see the trading page",
+            payload={"drawdown_pct": f"{drawdown_pct:f}", "limit_pct": f"{limit:f}"},
+            actor="system:execution",
+        )
+    else:
+        alert_resolve(key=key, actor="system:execution")

@@ -8,14 +8,17 @@ with every close of that instant; latency = from handing the closes over to the 
 signals they produced (the rule conditions are ordinary ones — EMA cross, MACD/Bollinger — so a
 few percent of evaluations give a signal, as in real use). States are warmed first (indicators
 need history); then `--boundaries` boundaries are timed, and p50/p95/p99 are over them. Candles
-are a seeded random walk per symbol (no database reads on the hot path: states are warm).
+are a seeded random walk per symbol (no database reads on the hot path: states are warm). The
+long-lived heap is frozen out of the garbage collector before the warm-up, as `manage.py ingest`
+does after start-up.
 
-    DATABASE_URL=postgres://postgres@127.0.0.1:5432/oasis .venv/bin/python bench/signals.py
+    DATABASE_URL=postgres://postgres@127.0.0.1:5432/oasis_h3_bench .venv/bin/python bench/signals.py
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import statistics
 import sys
@@ -155,6 +158,10 @@ def run(symbol_count: int, timeframes: list[Timeframe], warm: int, boundaries: i
         flag.everyone = True
         flag.save()
         flag.flush()
+    # As `manage.py ingest` does after start-up (the evaluator runs in that process): the
+    # long-lived heap (Django, the app) frozen out of the collector's full passes.
+    gc.collect()
+    gc.freeze()
     evaluator = SignalEvaluator()
     walks = {tf: Walk(symbol_count, seed=tf.ms) for tf in timeframes}
     for index in range(warm):
@@ -167,6 +174,7 @@ def run(symbol_count: int, timeframes: list[Timeframe], warm: int, boundaries: i
         latencies.append(time.perf_counter() - started)
         evaluated += len(batch) * len(RULES)
     signals = Signal.objects.count() - signals_before
+    gc.unfreeze()
     return {
         "evaluations per boundary": evaluated / boundaries,
         "signals per boundary": signals / boundaries,

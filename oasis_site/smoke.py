@@ -101,10 +101,12 @@ class SmokeCheck:
             return bool(rows) and datetime.fromisoformat(rows[0][key].replace("Z", "+00:00")) >= started
 
         self._wait("signals", "signal computed", lambda: newer("/api/v1/signals/", "computed_at", {}))
+        # A fresh signal decided by the execution loop: an order (accepted or refused by the risk
+        # checks) or a skip with its reason (an entry while in, say): the order path ran.
         self._wait(
             "orders",
-            "dry-run order decided",
-            lambda: newer("/api/v1/orders/", "created_at", {"mode": "dry_run"}),
+            "signal decided by the dry-run execution loop",
+            lambda: newer("/api/v1/decisions/", "decided_at", {"mode": "dry_run"}),
         )
         self._wait("audit", "audit event recorded", lambda: newer("/api/v1/audit-events/", "created_at", {}))
         asyncio.run(self._websocket())

@@ -15,7 +15,16 @@ from marketdata.models import Candle, Symbol
 from rules.models import Signal
 from trading.core.positions import PositionState
 from trading.core.types import KillSwitchState, OrderReport, OrderStatus, OrderType, Side, SymbolFilters
-from trading.models import BacktestRun, Balance, EquitySnapshot, Fill, KillSwitch, Order, Position
+from trading.models import (
+    BacktestRun,
+    Balance,
+    EquitySnapshot,
+    Fill,
+    KillSwitch,
+    Order,
+    Position,
+    SignalDecision,
+)
 
 OPEN_STATUSES = (OrderStatus.NEW, OrderStatus.SUBMITTED, OrderStatus.PARTIALLY_FILLED)
 
@@ -274,3 +283,13 @@ def backtests_list(*, status: str | None = None, rule_id: int | None = None) -> 
 
 def backtest_get(*, run_id: int) -> BacktestRun | None:
     return BacktestRun.objects.select_related("rule_version__config").filter(pk=run_id).first()
+
+
+def decisions_list(*, mode: str | None = None, outcome: str | None = None) -> QuerySet[SignalDecision]:
+    """What the execution loop decided for each signal (an order, or a skip with its reason)."""
+    rows = SignalDecision.objects.select_related("signal__symbol", "signal__order")
+    if mode:
+        rows = rows.filter(mode=mode)
+    if outcome:
+        rows = rows.filter(outcome=outcome)
+    return rows

@@ -15,7 +15,7 @@ from rules.services import rule_config_create, rule_version_activate
 from trading.backtests import BacktestRequest, backtest_run
 from trading.core.types import KillSwitchState
 from trading.killswitch import killswitch_engage
-from trading.models import BacktestRun, Fill, Order, Position
+from trading.models import BacktestRun, Fill, Order, Position, SignalDecision
 
 SPEC = {
     "timeframes": ["1m"],
@@ -80,6 +80,10 @@ def seed(*, candles: int = 400) -> Seeded:
         submitted_at=moment,
         acknowledged_at=moment,
         updated_at=moment,
+    )
+    SignalDecision.objects.create(signal=signals[0], mode="dry_run", outcome="ordered", decided_at=moment)
+    SignalDecision.objects.create(
+        signal=signals[1], mode="dry_run", outcome="skipped", reason="nothing_held", decided_at=moment
     )
     Fill.objects.create(
         order=order,

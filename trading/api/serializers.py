@@ -182,3 +182,25 @@ class BacktestCreateInput(serializers.Serializer):  # type: ignore[type-arg]
         if value <= 0:
             raise serializers.ValidationError("must be more than 0")
         return value
+
+
+class DecisionListInput(PageParameters):
+    mode = serializers.ChoiceField(choices=Mode.choices, required=False)
+    outcome = serializers.ChoiceField(choices=["ordered", "skipped"], required=False)
+
+
+class DecisionOutput(serializers.Serializer):  # type: ignore[type-arg]
+    id = serializers.IntegerField()
+    signal = serializers.IntegerField(source="signal_id")
+    symbol = serializers.CharField(source="signal.symbol.symbol")
+    timeframe = serializers.CharField(source="signal.timeframe")
+    action = serializers.CharField(source="signal.action")
+    mode = serializers.CharField()
+    outcome = serializers.CharField()
+    reason = serializers.CharField()
+    order = serializers.SerializerMethodField()
+    decided_at = serializers.DateTimeField()
+
+    def get_order(self, decision: Any) -> int | None:
+        order = getattr(decision.signal, "order", None)
+        return None if order is None else int(order.pk)

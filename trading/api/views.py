@@ -22,6 +22,8 @@ from trading.api.serializers import (
     BacktestDetailOutput,
     BacktestListInput,
     BacktestOutput,
+    DecisionListInput,
+    DecisionOutput,
     KillSwitchEngageInput,
     KillSwitchOutput,
     KillSwitchReleaseInput,
@@ -35,7 +37,14 @@ from trading.backtest_requests import backtest_request_run
 from trading.backtests import BacktestInputError, BacktestRequest
 from trading.core.types import KillSwitchState
 from trading.killswitch import KillSwitchError, killswitch_engage, killswitch_release, killswitch_view
-from trading.selectors import backtest_get, backtests_list, order_get, orders_list, positions_list
+from trading.selectors import (
+    backtest_get,
+    backtests_list,
+    decisions_list,
+    order_get,
+    orders_list,
+    positions_list,
+)
 
 TAGS = ["trading"]
 
@@ -225,3 +234,21 @@ class BacktestDetailApi(APIView):
         if run is None:
             raise exceptions.NotFound(f"no backtest run with id {run_id}")
         return Response(BacktestDetailOutput(run).data)
+
+
+class DecisionListApi(APIView):
+    keyset = Keyset("id", descending=True)
+
+    @extend_schema(
+        operation_id="decisions_list",
+        parameters=[DecisionListInput],
+        responses={200: paginated(DecisionOutput), **BAD_INPUT},
+        tags=TAGS,
+        description="What the execution loop decided for each signal (an order, or a skip and why).",
+    )
+    def get(self, request: Request) -> Response:
+        params = query_input(request, DecisionListInput)
+        data = params.validated_data
+        rows = decisions_list(mode=data.get("mode"), outcome=data.get("outcome"))
+        page = keyset_page(rows, keyset=self.keyset, cursor=data.get("cursor"), limit=params.page_limit())
+        return page_response(request, page, DecisionOutput(page.rows, many=True).data)

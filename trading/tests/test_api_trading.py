@@ -145,3 +145,17 @@ def test_bad_backtest_requests_are_named_and_store_nothing(api, seeded, change, 
     assert response.status_code == 400, response.content
     assert list(response.json()["errors"]) == [field]
     assert BacktestRun.objects.count() == 1
+
+
+def test_decisions_say_what_the_loop_did_with_each_signal(api, seeded):
+    rows = api.get("/api/v1/decisions/", {"mode": "dry_run"}).json()["results"]
+    assert [(row["action"], row["outcome"], row["reason"], row["order"]) for row in rows] == [
+        ("exit", "skipped", "nothing_held", None),
+        ("enter", "ordered", "", seeded.order.pk),
+    ]
+    assert rows[0]["symbol"] == "BTCUSDT"
+    skipped = api.get("/api/v1/decisions/", {"outcome": "skipped"}).json()["results"]
+    assert [row["reason"] for row in skipped] == ["nothing_held"]
+    response = api.get("/api/v1/decisions/", {"outcome": "maybe"})
+    assert response.status_code == 400
+    assert list(response.json()["errors"]) == ["outcome"]

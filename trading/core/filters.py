@@ -8,7 +8,6 @@ Market orders are valued at the intent's reference price (the last close) for th
 
 from __future__ import annotations
 
-from dataclasses import replace
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 
 from trading.core.types import OrderIntent, OrderType, Refusal, Side, SymbolFilters
@@ -91,7 +90,17 @@ def conform(intent: OrderIntent, filters: SymbolFilters) -> OrderIntent | Refusa
             ABOVE_MAX_NOTIONAL,
             f"notional {notional.normalize():f} is above the maximum {filters.max_notional}",
         )
-    return replace(intent, quantity=quantity, price=price)
+    # Built field by field (dataclasses.replace costs a few µs more, a year's backtest makes
+    # tens of thousands); a test holds this to every field of OrderIntent.
+    return OrderIntent(
+        client_order_id=intent.client_order_id,
+        symbol=intent.symbol,
+        side=intent.side,
+        type=intent.type,
+        quantity=quantity,
+        reference_price=intent.reference_price,
+        price=price,
+    )
 
 
 def violations(intent: OrderIntent, filters: SymbolFilters) -> list[str]:

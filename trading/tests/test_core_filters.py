@@ -422,3 +422,12 @@ def test_round_to_step_and_on_grid() -> None:
     assert on_grid(Decimal("1.2345"), origin=Decimal(0), step=Decimal(0))
     assert on_grid(Decimal("1.25"), origin=Decimal("0.05"), step=one)
     assert not on_grid(Decimal("1.25"), origin=Decimal(0), step=one)
+
+
+def test_conform_keeps_every_field_of_the_intent_but_the_rounded_ones() -> None:
+    from dataclasses import fields
+
+    names = {field.name for field in fields(OrderIntent)}
+    assert names == {"client_order_id", "symbol", "side", "type", "quantity", "reference_price", "price"}, (
+        "conform builds OrderIntent field by field: add the new field there"
+    )

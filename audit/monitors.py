@@ -35,6 +35,7 @@ class ServiceLevelMonitor:
         min_samples: int = 5,
         actor: str = "system:slo",
         clock: Callable[[], float] = time.time,
+        grace_s: float | None = None,
     ) -> None:
         self.key, self.title, self.threshold_ms = key, title, threshold_ms
         self.window_s, self.interval_s, self.min_samples = window_s, interval_s, min_samples
@@ -43,6 +44,9 @@ class ServiceLevelMonitor:
         self._lock = threading.Lock()
         self._next_check = 0.0
         self._firing: set[str] = set()
+        # A process that just started catches up (backfill, a burst of stored closes): what it
+        # measures then is the backlog, not the service level. Judged after one window (default).
+        self._judging_from = self.clock() + (window_s if grace_s is None else grace_s)
 
     def add(self, label: str, latency_ms: float, *, at: float | None = None) -> None:
         at = self.clock() if at is None else at
@@ -73,6 +77,8 @@ class ServiceLevelMonitor:
 
     def check(self, *, now: float | None = None) -> None:
         now = self.clock() if now is None else now
+        if now < self._judging_from:
+            return
         with self._lock:
             labels = list(self._samples)
         for label in labels:

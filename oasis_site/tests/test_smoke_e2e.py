@@ -35,7 +35,37 @@ def smoke(stack: dict[str, Any], timeout: float) -> subprocess.CompletedProcess[
     )
 
 
+# The demo rule (EMA 9/21 cross) can stay quiet for an hour of the random walk, longer than the
+# check waits at 30x: a rule that speaks on most candles makes the signal link deterministic.
+EVERY_CANDLE = """
+from rules.services import rule_config_create, rule_version_activate
+from waffle.models import Flag
+spec = {
+    "timeframes": ["1m"],
+    "indicators": {"fast": {"kind": "ema", "period": 2}},
+    "entry": "close > open",
+    "exit": "close < open",
+    "sizing": {"quote_amount": "20"},
+    "limits": {"max_position_per_symbol": "100", "max_position_total": "200"},
+}
+symbols = ["BTCUSDT", "ETHUSDT"]
+name = "smoke: every candle"
+config = rule_config_create(name=name, description="", symbols=symbols, spec=spec, author="system:test")
+rule_version_activate(version=config.versions.get(), actor="system:test")
+Flag.objects.filter(name=config.flag_name).update(everyone=True)
+"""
+
+
 def test_smoke_passes_against_the_running_stack(stack):
+    env = {**os.environ, **stack["env"]}
+    seeded = subprocess.run(
+        [sys.executable, "manage.py", "shell", "-c", EVERY_CANDLE],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert seeded.returncode == 0, seeded.stderr
     result = smoke(stack, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr + stack["log"].read_text()[-3000:]
     assert "web → market data → resampling → signals → orders → audit → websocket" in result.stdout

@@ -9,11 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from oasis_site.tests.stack_harness import free_port
 
 
 class WireServer:

@@ -4,7 +4,6 @@ server thread) and an SMTP server (aiosmtpd), each recording what it received.""
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -13,11 +12,7 @@ from typing import Any
 
 from aiosmtpd.controller import Controller
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from oasis_site.tests.stack_harness import free_port
 
 
 class WebhookReceiver:

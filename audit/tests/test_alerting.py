@@ -27,7 +27,8 @@ from audit.monitors import ServiceLevelMonitor
 from audit.notifications import MAX_ATTEMPTS, notifications_dispatch
 from audit.selectors import actions_overdue, audit_chain_verify, incident_timeline
 from audit.services import audit_record
-from audit.tests.receivers import SmtpReceiver, WebhookReceiver, free_port
+from audit.tests.receivers import SmtpReceiver, WebhookReceiver
+from oasis_site.tests.stack_harness import free_port
 
 pytestmark = pytest.mark.django_db
 

@@ -3,6 +3,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
+from oasis_site import __version__
 from oasis_site.broadcast import RELAY_SIGNATURE_HEADER, RelayError, layer_broadcast_many, relay_events_parse
 from oasis_site.health import readiness_checks
 
@@ -10,8 +11,9 @@ from oasis_site.health import readiness_checks
 @never_cache
 @require_GET
 def healthz(request: HttpRequest) -> JsonResponse:
-    """Liveness: the process answers. Touches no dependency, so it never flaps with them."""
-    return JsonResponse({"status": "alive"})
+    """Liveness: the process answers, and which release it runs (so a deploy or a rollback can
+    be seen to have taken). Touches no dependency, so it never flaps with them."""
+    return JsonResponse({"status": "alive", "version": __version__})
 
 
 @never_cache

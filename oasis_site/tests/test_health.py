@@ -1,8 +1,14 @@
 """/healthz, /readyz, /metrics and the admin entry points."""
 
+import re
+import tomllib
+from pathlib import Path
+
 import pytest
 from django.core.management import call_command
 from django.test import Client
+
+import oasis_site
 
 pytestmark = pytest.mark.django_db
 
@@ -11,8 +17,21 @@ def test_healthz_is_alive_without_touching_dependencies(client: Client, settings
     settings.REDIS_URL = "redis://127.0.0.1:1/0"
     response = client.get("/healthz")
     assert response.status_code == 200
-    assert response.json() == {"status": "alive"}
+    assert response.json() == {"status": "alive", "version": oasis_site.__version__}
     assert response["Cache-Control"].startswith("max-age=0")
+
+
+# Semantic versioning: MAJOR.MINOR.PATCH, optionally "-dev" while the next release is assembled.
+SEMVER = re.compile(r"(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(-dev)?")
+
+
+def test_healthz_reports_the_one_version_string(client: Client):
+    """/healthz, the package and pyproject.toml say the same version, a semantic one: the
+    image tag and the git tag are made from it (docs/release-checklist.md)."""
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
+    assert SEMVER.fullmatch(oasis_site.__version__), oasis_site.__version__
+    assert pyproject["project"]["version"] == oasis_site.__version__
+    assert client.get("/healthz").json()["version"] == oasis_site.__version__
 
 
 def test_readyz_ready_on_the_configured_services(client: Client):

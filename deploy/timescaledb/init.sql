@@ -1,5 +1,11 @@
 -- Runs once, when the timescaledb container initialises an empty data volume
--- (mounted into /docker-entrypoint-initdb.d by docker-compose.yml), in POSTGRES_DB.
--- The timescale image already creates the extension there; this keeps it explicit and
--- idempotent should the image's own init script ever change.
+-- (mounted into /docker-entrypoint-initdb.d by docker-compose.yml), in POSTGRES_DB, as the
+-- bootstrap superuser POSTGRES_USER.
+--
+-- Only what must exist before the application's first migration belongs here:
+--   - the extension: creating it needs a superuser, and the application's role is not one
+--     (marketdata migration 0002's CREATE EXTENSION IF NOT EXISTS then finds it and skips);
+--   - the roles: 200-oasis-roles.sh (passwords come from the environment, so a shell script).
+-- Tables and their indexes come from the application's migrations (manage.py migrate), never
+-- from here: an index the app needs is a migration, reviewed and reversible with the model.
 CREATE EXTENSION IF NOT EXISTS timescaledb;

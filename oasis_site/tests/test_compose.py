@@ -1,8 +1,9 @@
-"""docker-compose.yml, Dockerfile and .env.example agree with each other and with the app.
+"""docker-compose.yml, Dockerfile, .env.example and the per-environment examples
+(deploy/env/*.env.example) agree with each other and with the app.
 
 No Docker engine is needed: the files are parsed (PyYAML for compose, a small strict parser
-for .env.example, a line parser for the Dockerfile) and checked against
-`oasis_site.environment.KNOWN_VARIABLES` and `read_environment`.
+for the env examples, a line parser for the Dockerfile) and checked against
+`oasis_site.environment.KNOWN_VARIABLES`, `read_environment` and the Prometheus scrape config.
 
 .env.example format (parsed strictly by `parse_env_example`):
 
@@ -11,6 +12,9 @@ for .env.example, a line parser for the Dockerfile) and checked against
 - ``NAME=value`` sets a variable, ``# NAME=value`` documents one left unset;
 - every variable has at least one plain comment line directly above it, appears once, and
   has no quotes, ``export``, ``$`` or whitespace around its value.
+
+deploy/env/<env>.env.example follow the same format and set only variables .env.example
+documents, each in the same kind of section (app or ``docker-compose only``).
 """
 
 from __future__ import annotations
@@ -26,16 +30,35 @@ import pytest
 import yaml
 
 from oasis_site.environment import KNOWN_VARIABLES, read_environment
+from trading.credentials import credentials_from_environment
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 ENV_EXAMPLE = ROOT / ".env.example"
+ENV_DIR = ROOT / "deploy" / "env"
 DOCKERIGNORE = ROOT / ".dockerignore"
+GITIGNORE = ROOT / ".gitignore"
+PROMETHEUS_CONFIG = ROOT / "deploy" / "prometheus" / "prometheus.yml"
 
-APP_SERVICES = ("web", "worker", "beat")
+APP_SERVICES = ("web", "ingestor", "trader", "worker", "beat")
+# Which OASIS_ENV each per-environment example runs (staging runs as production).
+ENVIRONMENTS = {"dev": "dev", "stg": "prod", "prod": "prod"}
 COMPOSE_ONLY_SECTION = "docker-compose only"
+# Variables compose itself reads from .env (not interpolated in docker-compose.yml).
+COMPOSE_OWN_VARIABLES = ("COMPOSE_PROFILES",)
 # Variables compose must refuse to start without (`${NAME:?message}`).
-REQUIRED_SECRETS = ("SECRET_KEY", "POSTGRES_PASSWORD", "GRAFANA_ADMIN_PASSWORD")
+REQUIRED_SECRETS = (
+    "SECRET_KEY",
+    "POSTGRES_PASSWORD",
+    "POSTGRES_APP_PASSWORD",
+    "MONGO_INITDB_ROOT_PASSWORD",
+    "GRAFANA_ADMIN_PASSWORD",
+)
+# Processes with work in flight when stopped: compose must give them time to finish it.
+GRACEFUL_SERVICES = {"web": 10, "worker": 30, "ingestor": 30, "trader": 30}
+# App variables the app containers deliberately do not receive, and why.
+NOT_PASSED = {"OASIS_BROADCAST_RELAY_URL": "the stack always has Redis, which carries broadcasts"}
+_CREDENTIAL = re.compile(r"_(API_KEY|API_SECRET|API_PASSWORD|SECRETS_FILE)$")
 
 _SECTION = re.compile(r"^# ==== (?P<title>[^=]+?) ====$")
 _ENTRY = re.compile(r"^(?P<commented># )?(?P<name>[A-Z][A-Z0-9_]*)=(?P<value>.*)$")
@@ -73,12 +96,12 @@ class Entry:
         return self.section == COMPOSE_ONLY_SECTION
 
 
-def parse_env_example(text: str) -> dict[str, Entry]:
+def parse_env_example(text: str, source: str = ".env.example") -> dict[str, Entry]:
     entries: dict[str, Entry] = {}
     section = ""
     described = False  # the previous line was a description comment
     for number, line in enumerate(text.splitlines(), start=1):
-        where = f".env.example line {number}: {line!r}"
+        where = f"{source} line {number}: {line!r}"
         if not line.strip():
             described = False
             continue
@@ -227,17 +250,41 @@ def example_values(documented: dict[str, Entry]) -> dict[str, str]:
     return {entry.name: entry.value for entry in documented.values() if entry.active}
 
 
+# What an operator fills in before `docker compose up`: throwaway test values.
+TEST_SECRETS = {
+    "SECRET_KEY": "test-only-" + "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFGHIJKLMNOP",
+    "POSTGRES_PASSWORD": "pg-test-password",
+    "POSTGRES_APP_PASSWORD": "pg-app-test-password",
+    "MONGO_INITDB_ROOT_PASSWORD": "mongo-test-password",
+    "GRAFANA_ADMIN_PASSWORD": "grafana-test-password",
+}
+
+
+def env_example_path(environment: str) -> Path:
+    return ENV_DIR / f"{environment}.env.example"
+
+
 @pytest.fixture(scope="module")
-def prod_dot_env(example_values: dict[str, str]) -> dict[str, str]:
-    """.env as an operator fills it in for docker compose, with throwaway test secrets."""
-    return {
-        **example_values,
-        "SECRET_KEY": "test-only-" + "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFGHIJKLMNOP",
-        "ALLOWED_HOSTS": "desk.example.com",
-        "POSTGRES_PASSWORD": "pg-test-password",
-        "MONGO_INITDB_ROOT_PASSWORD": "mongo-test-password",
-        "GRAFANA_ADMIN_PASSWORD": "grafana-test-password",
-    }
+def environment_examples() -> dict[str, dict[str, Entry]]:
+    """deploy/env/<env>.env.example, parsed strictly, by environment name."""
+    examples = {}
+    for environment in ENVIRONMENTS:
+        path = env_example_path(environment)
+        assert path.is_file(), f"{path} is missing"
+        examples[environment] = parse_env_example(path.read_text(), source=str(path.relative_to(ROOT)))
+    return examples
+
+
+def filled_in(entries: dict[str, Entry]) -> dict[str, str]:
+    """An example copied to .env with its empty secrets filled in (test values)."""
+    values = {entry.name: entry.value for entry in entries.values() if entry.active}
+    return {**values, **{name: secret for name, secret in TEST_SECRETS.items() if not values.get(name)}}
+
+
+@pytest.fixture(scope="module")
+def prod_dot_env(environment_examples: dict[str, dict[str, Entry]]) -> dict[str, str]:
+    """.env as an operator fills in deploy/env/prod.env.example, with throwaway test secrets."""
+    return filled_in(environment_examples["prod"])
 
 
 # --- the .env.example parser is strict --------------------------------------------------
@@ -309,6 +356,7 @@ def test_env_example_documents_nothing_unknown(documented: dict[str, Entry]) -> 
 
 def test_compose_only_variables_are_used_by_compose(compose: dict[str, Any], documented: dict[str, Entry]):
     used = {name for text in strings_in(compose) for name in referenced_names(text)}
+    used |= set(COMPOSE_OWN_VARIABLES)
     for service in compose["services"].values():
         used |= set(environment_of(service))
     unused = [e.name for e in documented.values() if e.compose_only and e.name not in used]
@@ -374,14 +422,11 @@ def test_depends_on_waits_for_healthy_services(services: dict[str, dict[str, Any
             )
 
 
-def test_env_files_are_the_documented_dot_env(services: dict[str, dict[str, Any]]) -> None:
+def test_no_service_reads_dot_env_whole(services: dict[str, dict[str, Any]]) -> None:
+    """.env holds the superuser, root and Grafana passwords: a container gets only the variables
+    its `environment:` names, never the whole file."""
     for name, service in services.items():
-        for env_file in env_files_of(service):
-            assert Path(env_file) == Path(".env"), (
-                f"service {name} reads {env_file}, but only .env is documented (by .env.example)"
-            )
-    for name in APP_SERVICES:
-        assert env_files_of(services[name]) == [".env"], f"app service {name} must use env_file: .env"
+        assert not env_files_of(service), f"service {name} reads {env_files_of(service)} whole"
 
 
 def test_environment_variables_are_documented(compose: dict[str, Any], documented: dict[str, Entry]) -> None:
@@ -415,7 +460,11 @@ def test_app_services_run_prod_with_redis_and_database(services: dict[str, dict[
     for name in APP_SERVICES:
         assert name in services, f"docker-compose.yml has no {name} service"
         environment = environment_of(services[name])
-        assert environment.get("OASIS_ENV") == "prod", f"{name} must set OASIS_ENV=prod"
+        # A .env without OASIS_ENV or DEBUG runs production, debug off.
+        assert interpolate(environment.get("OASIS_ENV", ""), {}) == "prod", (
+            f"{name}: OASIS_ENV defaults to prod"
+        )
+        assert interpolate(environment.get("DEBUG", "on"), {}) in ("", "0", "false"), f"{name}: DEBUG off"
         assert environment.get("REDIS_URL", "").startswith("redis://redis:"), f"{name}: REDIS_URL -> redis"
         assert environment.get("DATABASE_URL", "").startswith("postgres://"), (
             f"{name}: DATABASE_URL -> postgres"
@@ -432,7 +481,10 @@ def test_app_services_get_a_valid_prod_environment(
         assert env.is_prod, f"{name} does not run with OASIS_ENV=prod"
         assert not env.debug, f"{name} runs with DEBUG on"
         assert env.database["HOST"] == "timescaledb", f"{name}: {env.database}"
-        assert env.database["PASSWORD"] == prod_dot_env["POSTGRES_PASSWORD"], f"{name}: database password"
+        # The application's role, never the bootstrap superuser (deploy/timescaledb/200-oasis-roles.sh).
+        assert env.database["USER"] == prod_dot_env["POSTGRES_APP_USER"], f"{name}: database role"
+        assert env.database["USER"] != prod_dot_env["POSTGRES_USER"], f"{name} connects as the superuser"
+        assert env.database["PASSWORD"] == prod_dot_env["POSTGRES_APP_PASSWORD"], f"{name}: database password"
         assert env.database["NAME"] == prod_dot_env["POSTGRES_DB"], f"{name}: database name"
         assert env.redis_url == "redis://redis:6379/0", f"{name}: {env.redis_url}"
         assert env.mongo_url is not None, f"{name} has no MONGO_URL"
@@ -530,3 +582,239 @@ def test_dockerignore_keeps_secrets_and_local_state_out() -> None:
     patterns = {line.strip() for line in DOCKERIGNORE.read_text().splitlines() if line.strip()}
     for required in (".env", ".venv", "var", ".git"):
         assert required in patterns, f".dockerignore must exclude {required}"
+
+
+# --- per-environment examples (deploy/env) ----------------------------------------------------
+
+
+def test_environment_examples_are_exactly_the_known_environments() -> None:
+    found = {path.name.removesuffix(".env.example") for path in ENV_DIR.glob("*.env.example")}
+    assert found == set(ENVIRONMENTS), f"deploy/env holds examples for {sorted(found)}"
+
+
+def test_environment_examples_use_only_documented_variables(
+    environment_examples: dict[str, dict[str, Entry]], documented: dict[str, Entry]
+) -> None:
+    for environment, entries in environment_examples.items():
+        for entry in entries.values():
+            where = f"{environment}.env.example line {entry.line}: {entry.name}"
+            assert entry.name in documented, f"{where} is not documented in .env.example"
+            assert entry.compose_only == documented[entry.name].compose_only, (
+                f"{where} is in section {entry.section!r}; "
+                f".env.example has it in {documented[entry.name].section!r}"
+            )
+            if not entry.compose_only:
+                assert entry.name in KNOWN_VARIABLES, f"{where} is not in KNOWN_VARIABLES"
+
+
+def test_environment_examples_hold_no_secrets(environment_examples: dict[str, dict[str, Entry]]) -> None:
+    for environment, entries in environment_examples.items():
+        for entry in entries.values():
+            where = f"{environment}.env.example line {entry.line}"
+            if _SECRET_NAME.search(entry.name) or entry.name in TEST_SECRETS:
+                assert entry.value == "", f"{where}: {entry.name} must be left empty"
+            assert not _URL_CREDENTIALS.search(entry.value), f"{where}: {entry.name} carries credentials"
+            assert not (_CREDENTIAL.search(entry.name) and entry.active), (
+                f"{where}: {entry.name} is set: exchange keys are never part of an example"
+            )
+
+
+def test_environment_examples_differ_where_environments_differ(
+    environment_examples: dict[str, dict[str, Entry]], services: dict[str, dict[str, Any]], tmp_path: Path
+) -> None:
+    hosts: dict[str, list[str]] = {}
+    for environment, expected_name in ENVIRONMENTS.items():
+        dot_env = filled_in(environment_examples[environment])
+        for name in APP_SERVICES:
+            try:
+                env = read_environment(container_environment(services[name], dot_env), base_dir=tmp_path)
+            except ValueError as exc:
+                pytest.fail(f"{environment}.env.example: {name} would refuse to start: {exc}")
+            assert env.name == expected_name, f"{environment}: {name} runs OASIS_ENV={env.name}"
+            assert env.debug == (environment == "dev"), f"{environment}: {name} has DEBUG={env.debug}"
+            # Dry-run unless deliberately chosen: no example gives the trader a key.
+            assert (
+                credentials_from_environment(container_environment(services[name], dot_env), env.exchange)
+                is None
+            )
+        for variable in ("OASIS_ENV", "DEBUG", "ALLOWED_HOSTS", "OASIS_LOG_LEVEL", "OASIS_LOG_FORMAT"):
+            assert environment_examples[environment].get(variable, Entry("", "", False, "", 0)).active, (
+                f"{environment}.env.example must set {variable} (environments differ in it)"
+            )
+        hosts[environment] = [h.strip() for h in dot_env["ALLOWED_HOSTS"].split(",")]
+    assert not set(hosts["stg"]) & set(hosts["prod"]), f"staging and production share hosts: {hosts}"
+
+
+def test_compose_profiles_of_the_examples_exist(
+    environment_examples: dict[str, dict[str, Entry]], services: dict[str, dict[str, Any]]
+) -> None:
+    declared = {profile for service in services.values() for profile in service.get("profiles", [])}
+    for environment, entries in environment_examples.items():
+        entry = entries.get("COMPOSE_PROFILES")
+        chosen = {p.strip() for p in entry.value.split(",") if p.strip()} if entry and entry.active else set()
+        assert chosen <= declared, f"{environment}.env.example: profiles {chosen - declared} are not declared"
+        # The simulator is the dev exchange only.
+        assert ("sim" in chosen) == (environment == "dev"), (
+            f"{environment}: COMPOSE_PROFILES={sorted(chosen)}"
+        )
+        if entries.get("OASIS_EXCHANGE") and entries["OASIS_EXCHANGE"].value == "sim":
+            assert "sim" in chosen, f"{environment}: OASIS_EXCHANGE=sim without the sim profile"
+
+
+def test_gitignore_keeps_filled_environment_files_out() -> None:
+    patterns = {line.strip() for line in GITIGNORE.read_text().splitlines()}
+    for required in (".env", ".env.*", "!.env.example", "deploy/env/*.env"):
+        assert required in patterns, f".gitignore must contain {required}"
+    assert "deploy/env/*.env" in DOCKERIGNORE.read_text().splitlines(), (
+        ".dockerignore must exclude deploy/env/*.env"
+    )
+
+
+# --- app services: environment, dependencies, stopping, metrics -------------------------------
+
+
+def test_app_services_get_only_known_variables(services: dict[str, dict[str, Any]]) -> None:
+    for name in APP_SERVICES:
+        environment = environment_of(services[name])
+        unknown = sorted(set(environment) - set(KNOWN_VARIABLES))
+        assert not unknown, f"app service {name} gets variables the app does not read: {unknown}"
+        missing = sorted(set(KNOWN_VARIABLES) - set(environment) - set(NOT_PASSED))
+        if name != "trader":
+            missing = [variable for variable in missing if not _CREDENTIAL.search(variable)]
+        assert not missing, f"app service {name} never receives {missing}: setting them in .env does nothing"
+        credentials = sorted(variable for variable in environment if _CREDENTIAL.search(variable))
+        assert name == "trader" or not credentials, f"exchange keys reach {name}, not only the trader"
+
+
+def test_app_services_depend_on_what_they_use(
+    services: dict[str, dict[str, Any]], prod_dot_env: dict[str, str]
+) -> None:
+    for name in APP_SERVICES:
+        depends_on = services[name].get("depends_on", {})
+        environ = container_environment(services[name], prod_dot_env)
+        for variable in ("DATABASE_URL", "REDIS_URL", "MONGO_URL"):
+            if not environ.get(variable):
+                continue
+            host = re.sub(r"^[a-z+]+://(?:[^@/]*@)?", "", environ[variable]).split(":")[0].split("/")[0]
+            assert host in services, f"{name}: {variable} points at {host}, not a compose service"
+            assert (depends_on.get(host) or {}).get("condition") == "service_healthy", (
+                f"{name} uses {host} ({variable}) but does not wait for it to be healthy"
+            )
+        if name != "web":
+            # web applies the migrations before it turns healthy (decision 0008).
+            uses_schema = name in ("worker", "ingestor", "trader")
+            assert not uses_schema or "web" in depends_on, f"{name} must wait for web (migrations)"
+
+
+def duration_seconds(text: str) -> float:
+    units = {"h": 3600, "m": 60, "s": 1, "ms": 0.001, "us": 1e-6}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(h|ms|us|m|s)", str(text))
+    assert parts, f"not a compose duration: {text!r}"
+    assert "".join(a + b for a, b in parts) == str(text), f"not a compose duration: {text!r}"
+    return sum(float(amount) * units[unit] for amount, unit in parts)
+
+
+def test_long_running_services_stop_gracefully(services: dict[str, dict[str, Any]]) -> None:
+    for name, minimum in GRACEFUL_SERVICES.items():
+        grace = services[name].get("stop_grace_period")
+        assert grace, f"{name} has no stop_grace_period: compose kills it after 10 s"
+        assert duration_seconds(grace) >= minimum, f"{name}: stop_grace_period {grace} < {minimum}s"
+    for name in ("ingestor", "trader"):
+        # Both drain on SIGTERM (manage.py ingest/trade install the handler).
+        assert services[name].get("stop_signal") == "SIGTERM", f"{name} must stop on SIGTERM"
+        assert services[name].get("init") is True, f"{name}: init forwards the signal to the command"
+
+
+def command_text(service: Mapping[str, Any]) -> str:
+    command = service.get("command", "")
+    return command if isinstance(command, str) else " ".join(str(part) for part in command)
+
+
+def metrics_ports(name: str, service: Mapping[str, Any], environ: Mapping[str, str]) -> list[int]:
+    """The /metrics ports a service's processes listen on (none: it exposes no metrics)."""
+    command = command_text(service)
+    if name == "web":
+        return [int(environ["OASIS_PORT"])]
+    if match := re.search(r"--metrics-port[ =](\d+)", command):
+        return [int(match[1])] if int(match[1]) else []
+    if " worker " in f" {command} ":
+        concurrency = int(re.search(r"--concurrency[ =](\d+)", command)[1])  # type: ignore[index]
+        base = int(environ.get("OASIS_WORKER_METRICS_PORT") or 9103)
+        return [base + index for index in range(concurrency)]
+    return []
+
+
+def test_ingestor_and_trader_run_their_commands_with_metrics(services: dict[str, dict[str, Any]]) -> None:
+    for name, command in (("ingestor", "manage.py ingest"), ("trader", "manage.py trade")):
+        text = command_text(services[name])
+        assert command in text, f"{name} must run {command}; runs {text}"
+        ports = metrics_ports(name, services[name], {})
+        assert ports, f"{name} must serve /metrics (--metrics-port)"
+        healthcheck = " ".join(strings_in(services[name]["healthcheck"]["test"]))
+        assert f"127.0.0.1:{ports[0]}/metrics" in healthcheck, f"{name}'s healthcheck must read its /metrics"
+    trader = services["trader"]
+    assert trader.get("scale", 1) == 1, "one execution loop: the trader runs one container"
+    assert "deploy" not in trader or trader["deploy"].get("replicas", 1) == 1, "trader replicas must be 1"
+    assert "--once" not in command_text(trader), "the trader runs the loop, not one cycle"
+
+
+def test_prometheus_scrapes_every_service_that_exposes_metrics(
+    services: dict[str, dict[str, Any]], prod_dot_env: dict[str, str]
+) -> None:
+    config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
+    targets = {
+        target
+        for job in config["scrape_configs"]
+        for static in job.get("static_configs", [])
+        for target in static["targets"]
+    }
+    exposing = 0
+    for name, service in services.items():
+        environ = container_environment(service, prod_dot_env)
+        ports = metrics_ports(name, service, environ)
+        exposing += bool(ports)
+        networks = service.get("networks") or {}
+        aliases = {alias for options in networks.values() for alias in (options or {}).get("aliases", [])}
+        for port in ports:
+            scraped = {f"{host}:{port}" for host in {name, *aliases}} & targets
+            assert scraped, f"{name} serves /metrics on {port}; prometheus.yml scrapes none of {targets}"
+    assert exposing >= 4, "web, ingestor, trader and worker expose metrics"
+
+
+# --- TimescaleDB roles --------------------------------------------------------------------------
+
+
+def test_timescaledb_creates_roles_from_the_environment(services: dict[str, dict[str, Any]]) -> None:
+    timescaledb = services["timescaledb"]
+    mounts = [str(volume).split(":") for volume in timescaledb.get("volumes", [])]
+    init = sorted(
+        (parts[1], parts[0]) for parts in mounts if parts[1].startswith("/docker-entrypoint-initdb.d/")
+    )
+    names = [target.rsplit("/", 1)[1] for target, _ in init]
+    assert any(n.endswith(".sql") for n in names), f"no SQL init script (the extension): {names}"
+    assert any(n.endswith(".sh") for n in names), (
+        f"no shell init script (roles from the environment): {names}"
+    )
+    scripts = {target: (ROOT / source).read_text() for target, source in init}
+    extension = next(t for t, text in scripts.items() if "CREATE EXTENSION IF NOT EXISTS timescaledb" in text)
+    roles = next(t for t, text in scripts.items() if "POSTGRES_APP_PASSWORD" in text)
+    assert extension < roles, "the extension must exist before the roles (the app role cannot create it)"
+    text = scripts[roles]
+    for variable in (
+        "POSTGRES_APP_USER",
+        "POSTGRES_APP_PASSWORD",
+        "POSTGRES_READONLY_USER",
+        "POSTGRES_READONLY_PASSWORD",
+    ):
+        assert variable in text, f"{roles} must read {variable}"
+        assert variable in environment_of(timescaledb), f"timescaledb must receive {variable}"
+    assert not re.search(r"PASSWORD\s+'", text), f"{roles}: a literal password"
+    assert "NOSUPERUSER" in text, f"{roles}: the application role must not be a superuser"
+    assert "default_transaction_read_only" in text, f"{roles}: the read-only role must be read-only"
+    assert "ALTER DEFAULT PRIVILEGES" in text, f"{roles}: the read-only role must see future tables"
+    for target, script in scripts.items():
+        # Tables and their indexes are the migrations': nothing creates them before the app.
+        statements = "\n".join(
+            line for line in script.splitlines() if not line.lstrip().startswith(("--", "#"))
+        )
+        assert not re.search(r"CREATE\s+(UNIQUE\s+)?(TABLE|INDEX)", statements, re.IGNORECASE), f"{target}"

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import connection
-from django.db.models import Max, QuerySet, TextField
-from django.db.models.functions import Cast
+from django.db.models import F, Max, QuerySet, TextField, Window
+from django.db.models.functions import Cast, Lag
 
 from marketdata.core.klines import Kline
 from marketdata.core.timeframes import Timeframe, ms_from_datetime, utc_from_ms
@@ -38,6 +38,36 @@ def candle_resume_points(
         (names[row["symbol_id"]], Timeframe(row["timeframe"])): int(row["newest"].timestamp() * 1000)
         for row in rows
     }
+
+
+def candle_recent_holes(
+    *, symbol_ids: dict[str, int], timeframes: Sequence[Timeframe], window_ms: int, now_ms: int
+) -> dict[tuple[str, Timeframe], list[tuple[int, int]]]:
+    """Holes between stored candles of each (symbol, timeframe) within the last `window_ms`
+    before `now_ms`: ranges of missing open times (first, last), inclusive, oldest first.
+
+    A restarted ingest resumes every stream after its newest stored candle; a hole behind it
+    (a backfill cut short by a kill, while newer live candles were written) is found here, one
+    statement per timeframe (each stored candle against the one before it).
+    """
+    names = {symbol_id: name for name, symbol_id in symbol_ids.items()}
+    holes: dict[tuple[str, Timeframe], list[tuple[int, int]]] = {}
+    for timeframe in timeframes:
+        step = timeframe.ms
+        since = utc_from_ms(timeframe.bucket_start(now_ms - window_ms))
+        rows = (
+            Candle.objects.filter(symbol_id__in=list(names), timeframe=timeframe.value, open_time__gte=since)
+            .annotate(
+                prev=Window(Lag("open_time"), partition_by=[F("symbol_id")], order_by=F("open_time").asc())
+            )
+            .filter(open_time__gt=F("prev") + timedelta(milliseconds=step))
+            .order_by("symbol_id", "open_time")
+            .values_list("symbol_id", "prev", "open_time")
+        )
+        for symbol_id, prev, open_time in rows:
+            first, last = ms_from_datetime(prev) + step, ms_from_datetime(open_time) - step
+            holes.setdefault((names[symbol_id], timeframe), []).append((first, last))
+    return holes
 
 
 _GAPS_SQL = """

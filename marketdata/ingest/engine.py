@@ -7,7 +7,10 @@ Where a closed candle can go missing, and what brings it back:
 - a stream that falls silent while its peers keep closing candles: once the peers' newest close
   is older than `silence_grace` seconds and this stream has not reached it, it is backfilled.
   Comparing with peers needs no clock, so it works with the simulator's accelerated time too;
-- a restart: buffers resume from the newest persisted candle of each stream, then backfill.
+- a restart: buffers resume from the newest persisted candle of each stream, then backfill;
+  holes behind it (a backfill cut short by a kill) are backfilled too (`resume_holes`);
+- a graceful stop: backfills in flight get `backfill_drain_s` seconds to finish before the
+  writer drains, so a stop under load leaves nothing for the next instance to find.
 Backfills that fail (rate limits, outages) stay pending and are retried until they succeed.
 """
 
@@ -65,7 +68,9 @@ class IngestEngine:
         timeframes: Sequence[Timeframe],
         writer: CandleWriter,
         resume_from: Mapping[tuple[str, Timeframe], int] | None = None,
+        resume_holes: Mapping[tuple[str, Timeframe], Sequence[tuple[int, int]]] | None = None,
         lookback_candles: int = 60,
+        backfill_drain_s: float = 10.0,
         silence_grace: float = 2.0,
         backfill_concurrency: int = 4,
         stale_after_s: float = 60.0,
@@ -98,6 +103,10 @@ class IngestEngine:
         self._reported_kinds: set[str] = set()
         self._frames = self._closed = self._rejected = self._ignored = self._backfilled = 0
         self._gap_tasks: set[asyncio.Task[None]] = set()
+        self._resume_holes = {
+            key: list(holes) for key, holes in (resume_holes or {}).items() if key in self._buffers and holes
+        }
+        self._backfill_drain_s = backfill_drain_s
         # Health: a stream silent for `stale_after_s` is stale (its connection is reconnected,
         # once per `stale_after_s`); `storm_reconnects` reconnections within `storm_window_s`
         # are a storm. Both raise alerts (off the loop) when `health_alerts` is on.
@@ -116,6 +125,9 @@ class IngestEngine:
     async def run(self, stop: asyncio.Event) -> None:
         """Ingest until `stop` is set; then stop reading. The caller drains the writer."""
         self._history = KlineHistory(self._profile)
+        for (symbol, timeframe), holes in self._resume_holes.items():
+            for first_ms, last_ms in holes:
+                self._schedule(Gap(symbol, timeframe, first_ms, last_ms))
         all_keys = list(self._buffers)
         per_connection = self._profile.max_streams_per_connection
         try:
@@ -141,6 +153,11 @@ class IngestEngine:
                 tasks.append(asyncio.create_task(self._watch(stop)))
                 await asyncio.gather(*tasks)
         finally:
+            if self._gap_tasks and self._backfill_drain_s > 0:
+                # A graceful stop: what is being backfilled is written by this instance.
+                _, late = await asyncio.wait(set(self._gap_tasks), timeout=self._backfill_drain_s)
+                if late:
+                    logger.warning("backfill_cut_short", streams=len(late), pending=len(self._pending))
             for task in list(self._gap_tasks):
                 task.cancel()
             await asyncio.gather(*self._gap_tasks, return_exceptions=True)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+import oasis_site
 from oasis_site.tests.stack_harness import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -80,7 +81,7 @@ def test_make_run_path_serves_probes_metrics_and_admin(tmp_path):
                 assert server.poll() is None, log_path.read_text()
                 assert time.monotonic() < deadline, log_path.read_text()
                 time.sleep(0.2)
-        assert (status, json.loads(body)) == (200, {"status": "alive"})
+        assert (status, json.loads(body)) == (200, {"status": "alive", "version": oasis_site.__version__})
 
         status, _, body = get(opener, f"{base}/readyz")
         assert status == 200, body

@@ -1,6 +1,7 @@
 import asyncio
 import gc
 import signal
+import time
 from typing import Any
 
 import structlog
@@ -14,7 +15,7 @@ from marketdata.ingest.derived import DerivedRefresher
 from marketdata.ingest.engine import IngestEngine
 from marketdata.ingest.writer import CandleWriter
 from marketdata.management.options import symbols_option, timeframes_option
-from marketdata.selectors import candle_resume_points
+from marketdata.selectors import candle_recent_holes, candle_resume_points
 
 logger = structlog.get_logger(__name__)
 
@@ -43,6 +44,12 @@ class Command(BaseCommand):
             help="closed candles to backfill for a stream with none stored",
         )
         parser.add_argument(
+            "--hole-window",
+            type=float,
+            default=24.0,
+            help="hours back from now in which holes between stored candles are backfilled at start",
+        )
+        parser.add_argument(
             "--metrics-port", type=int, default=9101, help="Prometheus metrics port on OASIS_BIND (0: off)"
         )
 
@@ -55,12 +62,21 @@ class Command(BaseCommand):
         symbol_ids = symbols_option(profile, options["symbols"])
         if options["lookback"] < 0:
             raise CommandError("--lookback must be 0 or more")
+        if options["hole_window"] < 0:
+            raise CommandError("--hole-window must be 0 or more (hours)")
         if options["metrics_port"]:
             start_http_server(options["metrics_port"], addr=settings.OASIS_BIND)
         resume = candle_resume_points(symbol_ids=symbol_ids, timeframes=timeframes)
+        holes = candle_recent_holes(
+            symbol_ids=symbol_ids,
+            timeframes=timeframes,
+            window_ms=int(options["hole_window"] * 3_600_000),
+            now_ms=int(time.time() * 1000),
+        )
         self.stdout.write(
             f"ingesting {len(symbol_ids)} symbols x {', '.join(tf.value for tf in timeframes)} from "
-            f"{profile.name} ({profile.ws_url}); {len(resume)} streams resume from stored candles"
+            f"{profile.name} ({profile.ws_url}); {len(resume)} streams resume from stored candles, "
+            f"{sum(len(h) for h in holes.values())} holes behind them to backfill"
         )
         self.stdout.flush()
         monitor = ServiceLevelMonitor(
@@ -87,6 +103,7 @@ class Command(BaseCommand):
             timeframes=timeframes,
             writer=writer,
             resume_from=resume,
+            resume_holes=holes,
             lookback_candles=options["lookback"],
             # Stale streams (reconnected, alerted) and reconnect storms raise alerts.
             health_alerts=True,
@@ -105,8 +122,8 @@ class Command(BaseCommand):
         stats, written = engine.stats, writer.stats
         self.stdout.write(
             f"stopped: {stats.frames} frames, {stats.closed} closes, {stats.backfilled} backfilled, "
-            f"{stats.rejected} rejected, {stats.ignored} ignored; {written.written} candles written "
-            f"in {written.batches} batches"
+            f"{stats.rejected} rejected, {stats.ignored} ignored; {written.candles} candles committed "
+            f"({written.written} new or changed rows) in {written.batches} batches"
         )
 
     async def _run(self, engine: IngestEngine, writer: CandleWriter) -> None:

@@ -16,7 +16,8 @@ Per connection, over a quota the socket is closed with a code and a reason, and 
 a frame over OASIS_WS_MAX_MESSAGE_BYTES (1009), a binary frame (1003), a frame that is not a
 JSON object of a known type (1007), more than OASIS_WS_MAX_MESSAGES_PER_S frames in a second
 (4008), more than OASIS_WS_MAX_SUBSCRIPTIONS topics (4009), and, when the
-``api_auth_required`` flag is on, an anonymous client (4401). Origins are checked at the ASGI
+``api_auth_required`` flag is on, an anonymous client (4401). A server stopping closes every
+socket with 4503 (`oasis_site.shutdown`): the page reconnects. Origins are checked at the ASGI
 edge (`oasis_site.asgi`): a page from another site cannot open the socket at all.
 """
 
@@ -35,6 +36,7 @@ from prometheus_client import Counter, Gauge
 from marketdata.core.timeframes import Timeframe
 from marketdata.models import Symbol
 from oasis_site.access import api_auth_required_async
+from oasis_site.shutdown import CLOSE_GOING_AWAY, GOING_AWAY_REASON, socket_closed, socket_opened
 
 # RFC 6455 codes, and ours in the 4000-4999 private range.
 CLOSE_UNSUPPORTED_DATA = 1003
@@ -102,14 +104,21 @@ class LiveConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels sh
             return
         WS_CONNECTIONS.inc()
         self.counted = True
+        socket_opened(self)
 
     async def disconnect(self, code: int) -> None:
+        socket_closed(self)
         if getattr(self, "counted", False):
             WS_CONNECTIONS.dec()
             self.counted = False
         for topic in list(getattr(self, "topics", ())):
             await self.channel_layer.group_discard(topic, self.channel_name)
         self.topics = set()
+
+    async def close_going_away(self) -> None:
+        """The server is stopping (oasis_site/shutdown.py): the page reconnects elsewhere."""
+        if not self.closing:
+            await self._close(CLOSE_GOING_AWAY, GOING_AWAY_REASON, "going_away")
 
     async def _close(self, code: int, reason: str, label: str) -> None:
         self.closing = True

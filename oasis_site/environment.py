@@ -66,6 +66,10 @@ KNOWN_VARIABLES: tuple[str, ...] = (
     "OASIS_SMTP_PORT",
     "OASIS_SLO_WINDOW_S",
     "OASIS_SLO_CHECK_S",
+    "OASIS_SHUTDOWN_DELAY_S",
+    "OASIS_SHUTDOWN_GRACE_S",
+    "OASIS_INGEST_METRICS_URL",
+    "OASIS_TRADE_METRICS_URL",
     "OASIS_API_READ_RATE",
     "OASIS_API_WRITE_RATE",
     "OASIS_WORKER_METRICS_PORT",
@@ -127,6 +131,14 @@ class Environment:
     # Service-level monitors (audit/monitors.py): the window their p95 covers, how often checked.
     slo_window_s: int = 120
     slo_check_s: int = 10
+    # Graceful stop of the web server (oasis_site/shutdown.py): seconds it answers "draining" on
+    # /readyz before closing WebSockets (for a load balancer to notice), then at most this long
+    # for requests in flight.
+    shutdown_delay_s: float = 0.0
+    shutdown_grace_s: float = 10.0
+    # The ingest and trade processes' /metrics, read by the operations page.
+    ingest_metrics_url: str = "http://127.0.0.1:9101/metrics"
+    trade_metrics_url: str = "http://127.0.0.1:9102/metrics"
     # REST API throttling: requests per client IP and per route, for reads (GET) and writes.
     api_read_rate: str = "600/min"
     api_write_rate: str = "60/min"
@@ -319,6 +331,14 @@ def read_environment(environ: Mapping[str, str], *, base_dir: Path) -> Environme
         "OASIS_SLO_WINDOW_S", get("OASIS_SLO_WINDOW_S"), default=120, low=5, high=86_400
     )
     slo_check_s = _parse_int("OASIS_SLO_CHECK_S", get("OASIS_SLO_CHECK_S"), default=10, low=1, high=3600)
+    shutdown_delay_s = _parse_seconds("OASIS_SHUTDOWN_DELAY_S", get("OASIS_SHUTDOWN_DELAY_S"), default=0.0)
+    shutdown_grace_s = _parse_seconds("OASIS_SHUTDOWN_GRACE_S", get("OASIS_SHUTDOWN_GRACE_S"), default=10.0)
+    metrics_urls = {}
+    for name, default in (("INGEST", 9101), ("TRADE", 9102)):
+        variable = f"OASIS_{name}_METRICS_URL"
+        url = get(variable) or f"http://127.0.0.1:{default}/metrics"
+        _check_url(variable, url, ("http", "https"), f"http://{name.lower()}:{default}/metrics")
+        metrics_urls[name] = url
 
     return Environment(
         name=env_name,
@@ -352,6 +372,10 @@ def read_environment(environ: Mapping[str, str], *, base_dir: Path) -> Environme
         smtp_port=smtp_port,
         slo_window_s=slo_window_s,
         slo_check_s=slo_check_s,
+        shutdown_delay_s=shutdown_delay_s,
+        shutdown_grace_s=shutdown_grace_s,
+        ingest_metrics_url=metrics_urls["INGEST"],
+        trade_metrics_url=metrics_urls["TRADE"],
         api_read_rate=api_read_rate,
         api_write_rate=api_write_rate,
         worker_metrics_port=worker_metrics_port,
@@ -477,6 +501,20 @@ def _parse_int(name: str, value: str | None, *, default: int, low: int, high: in
         raise ConfigurationError(f"{name} must be a whole number; got {value!r}") from None
     if not low <= number <= high:
         raise ConfigurationError(f"{name} must be between {low} and {high}; got {number}")
+    return number
+
+
+def _parse_seconds(name: str, value: str | None, *, default: float, high: float = 600.0) -> float:
+    if value is None or not value.strip():
+        return default
+    try:
+        number = float(value)
+    except ValueError:
+        raise ConfigurationError(
+            f"{name} must be a number of seconds such as {default:g}; got {value!r}"
+        ) from None
+    if not 0 <= number <= high:
+        raise ConfigurationError(f"{name} must be between 0 and {high:g} seconds; got {value!r}")
     return number
 
 

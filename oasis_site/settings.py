@@ -71,11 +71,11 @@ if ENV.smtp_host:
     EMAIL_PORT = ENV.smtp_port
     EMAIL_TIMEOUT = 5
 # The operations page reads buffer lag and reconnects from the ingest and trade processes'
-# own /metrics (their ports as `make run` and deploy/ start them).
-OASIS_PROCESS_METRICS_URLS = {
-    "ingest": "http://127.0.0.1:9101/metrics",
-    "trade": "http://127.0.0.1:9102/metrics",
-}
+# own /metrics (by default their ports as `make run` starts them; compose and k8s set them).
+OASIS_PROCESS_METRICS_URLS = {"ingest": ENV.ingest_metrics_url, "trade": ENV.trade_metrics_url}
+# `manage.py serve`'s graceful stop (oasis_site/shutdown.py).
+OASIS_SHUTDOWN_DELAY_S = ENV.shutdown_delay_s
+OASIS_SHUTDOWN_GRACE_S = ENV.shutdown_grace_s
 # Celery workers' /metrics: pool process i on this port + i (oasis_site/celery.py); 0: off.
 OASIS_WORKER_METRICS_PORT = ENV.worker_metrics_port
 

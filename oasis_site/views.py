@@ -6,6 +6,7 @@ from django.views.decorators.http import require_GET, require_POST
 from oasis_site import __version__
 from oasis_site.broadcast import RELAY_SIGNATURE_HEADER, RelayError, layer_broadcast_many, relay_events_parse
 from oasis_site.health import readiness_checks
+from oasis_site.shutdown import draining
 
 
 @never_cache
@@ -19,7 +20,10 @@ def healthz(request: HttpRequest) -> JsonResponse:
 @never_cache
 @require_GET
 def readyz(request: HttpRequest) -> JsonResponse:
-    """Readiness: 200 when every component is ready, else 503 naming the failing ones."""
+    """Readiness: 200 when every component is ready, else 503 naming the failing ones; 503
+    "draining" once the server has begun its graceful stop (oasis_site/shutdown.py)."""
+    if draining():
+        return JsonResponse({"status": "draining", "failing": ["shutdown"], "checks": {}}, status=503)
     results = readiness_checks()
     failing = [result.component for result in results if not result.ok]
     body = {

@@ -43,6 +43,11 @@
       if (close.code === 4401) {
         self.status("reconnecting", "live feed: login required");
         wait = 30000;
+      } else if (close.code === 4503) {
+        // The server is draining for a restart: come back soon, spread over a second so a
+        // whole desk does not reconnect in the same instant.
+        self.status("reconnecting", "server restarting: reconnecting…");
+        wait = 250 + Math.floor(Math.random() * 1000);
       } else {
         self.status("reconnecting", "reconnecting…" + (close.reason ? " (" + close.reason + ")" : ""));
       }

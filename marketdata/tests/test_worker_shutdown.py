@@ -14,10 +14,12 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from django.conf import settings
 from django.core.management import call_command
 
 from marketdata.core.timeframes import utc_from_ms
@@ -61,7 +63,7 @@ def a_gap() -> Gap:
 
 
 def start_worker(sim: SimExchangeThread, gap: Gap, log: Path) -> subprocess.Popen[str]:
-    redis_url = os.environ.get("REDIS_URL")
+    redis_url = settings.REDIS_URL
     assert redis_url, "the worker needs the test's Redis"
     env = {**ingest_env(sim), "REDIS_URL": redis_url, "OASIS_LOG_FORMAT": "json"}
     with log.open("a") as sink:
@@ -86,7 +88,7 @@ def start_worker(sim: SimExchangeThread, gap: Gap, log: Path) -> subprocess.Pope
                 "--without-gossip",
                 "--without-mingle",
                 "--without-heartbeat",
-            ],  # fmt: skip
+            ],
             cwd=ROOT,
             env=env,
             stdout=sink,
@@ -95,7 +97,7 @@ def start_worker(sim: SimExchangeThread, gap: Gap, log: Path) -> subprocess.Pope
         )
 
 
-def wait_for(condition, what: str, log: Path, timeout: float = 60) -> None:  # type: ignore[no-untyped-def]
+def wait_for(condition: Callable[[], bool], what: str, log: Path, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, f"{what}:\n{log.read_text()[-4000:]}"

@@ -30,6 +30,12 @@ RUN groupadd --system --gid 10001 oasis \
     && useradd --system --uid 10001 --gid oasis --home-dir /app --no-create-home \
        --shell /usr/sbin/nologin oasis
 
+# pg_dump/pg_restore for `manage.py backup`/`restore` (the backup CronJob runs this image):
+# Debian bookworm's client is PostgreSQL 15, the server's major version.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends postgresql-client \
+    && rm -rf /var/lib/apt/lists/*
+
 COPY --from=builder /opt/venv /opt/venv
 
 WORKDIR /app

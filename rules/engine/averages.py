@@ -36,28 +36,32 @@ from rules.engine.base import (
     RowState,
     check_multiplier,
     check_period,
-    nan_array,
+    nan_prefixed,
 )
 from rules.engine.recurrence import (
     RecurrenceRows,
     RollingSumRows,
-    chunk_starts,
-    linear_recurrence,
-    restarted_total,
-    rolling_sum,
+    from_lanes,
+    recur_lanes,
+    scratch,
     sum_in_order,
+    to_lanes,
+    window_sums,
 )
 
 
 def ema_batch(values: FloatArray, period: int) -> FloatArray:
     """EMA of `values` seeded with the SMA of the first `period` of them (NaN before)."""
-    out = nan_array(values.size)
+    out = nan_prefixed(values.size, period - 1)
     if values.size < period:
         return out
     k = 2.0 / (period + 1)
     seed = sum_in_order(values[:period]) / period
     out[period - 1] = seed
-    out[period:] = linear_recurrence(1.0 - k, k * values[period:], seed)
+    if values.size > period:
+        lanes = to_lanes(values[period:], 0)
+        recur_lanes(lanes, 1.0 - k, seed, (np.multiply, k))
+        from_lanes(lanes, out[period:])
     return out
 
 
@@ -112,7 +116,13 @@ class Sma(Indicator[float, FloatArray]):
         return self.period - 1
 
     def batch(self, candles: CandleSeries) -> FloatArray:
-        return rolling_sum(candles.close, self.period) / self.period
+        n, close = self.period, candles.close
+        out = nan_prefixed(close.size, n - 1)
+        if close.size >= n:
+            sums = window_sums(close, n, 0)
+            np.divide(sums, n, out=sums)
+            from_lanes(sums, out[n - 1 :])
+        return out
 
     def rows(self) -> SmaRows:
         return SmaRows(self.period)
@@ -211,20 +221,37 @@ class Macd(Indicator[MacdValue, MacdArrays]):
         return self.slow + self.signal - 2
 
     def batch(self, candles: CandleSeries) -> MacdArrays:
-        close = candles.close
-        size = close.size
-        macd, signal, histogram = nan_array(size), nan_array(size), nan_array(size)
-        if size > self.warmup:
-            offset = self.slow - self.fast
-            line = (
-                ema_batch(close[offset:], self.fast)[self.fast - 1 :]
-                - ema_batch(close, self.slow)[self.slow - 1 :]
-            )
-            smoothed = _signal_batch(line, self.signal)
-            start = self.warmup
-            macd[start:] = line[self.signal - 1 :]
-            signal[start:] = smoothed[self.signal - 1 :]
-            histogram[start:] = macd[start:] - signal[start:]
+        close, fast, slow, period = candles.close, self.fast, self.slow, self.signal
+        size, start = close.size, self.warmup
+        macd, signal, histogram = (nan_prefixed(size, min(start, size)) for _ in range(3))
+        if size <= start:
+            return MacdArrays(macd, signal, histogram)
+        # Both EMAs step from close[slow] on: the fast one is seeded on the `fast` closes that end
+        # where the slow one's seed ends. The line is written into `macd` from index slow - 1.
+        line = macd[slow - 1 :]
+        fast_seed = sum_in_order(close[slow - fast : slow]) / fast
+        slow_seed = sum_in_order(close[:slow]) / slow
+        line[0] = fast_seed - slow_seed
+        if size > slow:
+            slow_lanes = to_lanes(close[slow:], 0)
+            fast_lanes = scratch(1, slow_lanes.size).reshape(slow_lanes.shape)
+            np.copyto(fast_lanes, slow_lanes)
+            for lanes, period_, seed in ((fast_lanes, fast, fast_seed), (slow_lanes, slow, slow_seed)):
+                k = 2.0 / (period_ + 1)
+                recur_lanes(lanes, 1.0 - k, seed, (np.multiply, k))
+            from_lanes(np.subtract(fast_lanes, slow_lanes, out=fast_lanes), line[1:])
+        if period == 1:  # k = 1: the signal is the line itself
+            signal[start:] = macd[start:]
+        else:
+            k = 2.0 / (period + 1)
+            seed = sum_in_order(line[:period]) / period
+            signal[start] = seed
+            if size > start + 1:
+                lanes = to_lanes(line[period:], 0)
+                recur_lanes(lanes, 1.0 - k, seed, (np.multiply, k))
+                from_lanes(lanes, signal[start + 1 :])
+        macd[slow - 1 : start] = np.nan
+        np.subtract(macd[start:], signal[start:], out=histogram[start:])
         return MacdArrays(macd, signal, histogram)
 
     def rows(self) -> MacdRows:
@@ -232,11 +259,6 @@ class Macd(Indicator[MacdValue, MacdArrays]):
 
     def value_of(self, outputs: tuple[float, ...]) -> MacdValue:
         return MacdValue(*outputs)
-
-
-def _signal_batch(line: FloatArray, period: int) -> FloatArray:
-    """The signal EMA; with period 1, k = 1 and the signal is the line itself."""
-    return line.copy() if period == 1 else ema_batch(line, period)
 
 
 class MacdRows(IndicatorRows):
@@ -311,22 +333,42 @@ class BollingerBands(Indicator[BandsValue, BandsArrays]):
     def batch(self, candles: CandleSeries) -> BandsArrays:
         x, n = candles.close, self.period
         size = x.size
-        middle, upper, lower = nan_array(size), nan_array(size), nan_array(size)
+        middle, upper, lower = (nan_prefixed(size, n - 1) for _ in range(3))
         if size < n:
             return BandsArrays(middle, upper, lower)
-        mean = rolling_sum(x, n) / n
-        starts = chunk_starts(n - 1, size)
-        exact = np.zeros(starts.size)
+        sums = window_sums(x, n, 0)
+        np.divide(sums, n, out=sums)
+        mean = middle[n - 1 :]
+        from_lanes(sums, mean)
+        # Welford's sliding update of the sum of squared deviations, in the step form's order.
+        newest, oldest = x[n:], x[:-n]
+        steps = scratch(1, mean.size)
+        steps[0] = 0.0  # replaced by the exact sum below
+        np.subtract(newest, mean[1:], out=steps[1:])
+        spread = np.subtract(oldest, mean[:-1], out=scratch(2, oldest.size))
+        np.add(steps[1:], spread, out=steps[1:])
+        np.subtract(newest, oldest, out=spread)
+        np.multiply(spread, steps[1:], out=steps[1:])
+        squares = to_lanes(steps, 0)
+        rows, chunks = squares.shape
+        starts = mean[::rows][:chunks]
+        exact = np.zeros(chunks)
         for k in range(n):
-            deviation = x[starts - (n - 1) + k] - mean[starts]
-            exact = exact + deviation * deviation
-        steps = np.zeros(size - (n - 1))
-        steps[1:] = (x[n:] - x[:-n]) * ((x[n:] - mean[n:]) + (x[:-n] - mean[n - 1 : -1]))
-        squares = restarted_total(exact, steps)
-        sigma = np.sqrt(np.where(squares > 0, squares, 0.0) / n)
-        middle[n - 1 :] = mean[n - 1 :]
-        upper[n - 1 :] = middle[n - 1 :] + self.up * sigma
-        lower[n - 1 :] = middle[n - 1 :] - self.down * sigma
+            deviation = x[k::rows][:chunks] - starts
+            np.add(exact, deviation * deviation, out=exact)
+        squares[0] = exact
+        for t in range(1, rows):
+            np.add(squares[t - 1], squares[t], out=squares[t])
+        sigma = squares  # sqrt(max(squares, 0) / n), in place: where(squares > 0, squares, 0.0)
+        np.copyto(sigma, 0.0, where=sigma <= 0)
+        np.divide(sigma, n, out=sigma)
+        np.sqrt(sigma, out=sigma)
+        width = upper[n - 1 :]
+        from_lanes(sigma, width)
+        np.multiply(self.down, width, out=lower[n - 1 :])
+        np.subtract(mean, lower[n - 1 :], out=lower[n - 1 :])
+        np.multiply(self.up, width, out=width)
+        np.add(mean, width, out=width)
         return BandsArrays(middle, upper, lower)
 
     def rows(self) -> BollingerBandsRows:

@@ -242,3 +242,10 @@ def check_multiplier(name: str, value: float) -> None:
 
 def nan_array(size: int) -> FloatArray:
     return np.full(size, np.nan, dtype=np.float64)
+
+
+def nan_prefixed(size: int, prefix: int) -> FloatArray:
+    """An array to fill from index `prefix` on, NaN before it (no second pass over the rest)."""
+    out = np.empty(size, dtype=np.float64)
+    out[:prefix] = np.nan
+    return out

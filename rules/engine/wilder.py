@@ -32,15 +32,28 @@ from rules.engine.base import (
     IntArray,
     RowIndex,
     check_period,
-    nan_array,
+    nan_prefixed,
 )
-from rules.engine.recurrence import RecurrenceRows, linear_recurrence, sum_in_order
+from rules.engine.recurrence import (
+    RecurrenceRows,
+    from_lanes,
+    linear_recurrence,
+    recur_lanes,
+    scratch,
+    sum_in_order,
+    to_lanes,
+)
 
 
-def _true_range(candles: CandleSeries) -> FloatArray:
-    """TR at indexes 1…: max(high - low, |prev close - high|, |prev close - low|)."""
+def _true_range(candles: CandleSeries, slot: int) -> FloatArray:
+    """TR at indexes 1…: max(high - low, |prev close - high|, |prev close - low|), in scratch
+    `slot` (and `slot` + 1 on the way)."""
     high, low, previous = candles.high[1:], candles.low[1:], candles.close[:-1]
-    widest: FloatArray = np.maximum(np.maximum(high - low, np.abs(previous - high)), np.abs(previous - low))
+    widest = np.subtract(high, low, out=scratch(slot, high.size))
+    gap = np.subtract(previous, high, out=scratch(slot + 1, high.size))
+    np.maximum(widest, np.abs(gap, out=gap), out=widest)
+    np.subtract(previous, low, out=gap)
+    np.maximum(widest, np.abs(gap, out=gap), out=widest)
     return widest
 
 
@@ -97,6 +110,23 @@ class _WilderRows(IndicatorRows):
         return outs
 
 
+def _split_change(change: FloatArray, gains: FloatArray) -> tuple[FloatArray, FloatArray]:
+    """(gains, losses) of close-to-close changes: gains = max(change, 0) into `gains`, and
+    losses = gains - change (exact: 0 - change where it fell, 0 elsewhere) over `change`."""
+    np.maximum(change, 0.0, out=gains)
+    return gains, np.subtract(gains, change, out=change)
+
+
+def _rsi(gain: FloatArray, loss: FloatArray) -> FloatArray:
+    """100·(G/(G+L)), and 0 where G+L is 0 (NaN stays NaN). Overwrites both arguments."""
+    total = np.add(gain, loss, out=loss)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        share = np.divide(gain, total, out=gain)
+    np.multiply(100.0, share, out=share)
+    np.copyto(share, 0.0, where=total == 0)
+    return share
+
+
 @dataclass(frozen=True)
 class Rsi(Indicator[float, FloatArray]):
     """Wilder's relative strength index of the close, 0…100."""
@@ -112,21 +142,21 @@ class Rsi(Indicator[float, FloatArray]):
 
     def batch(self, candles: CandleSeries) -> FloatArray:
         n, close = self.period, candles.close
-        out = nan_array(close.size)
+        out = nan_prefixed(close.size, n)
         if close.size <= n:
             return out
-        change = close[1:] - close[:-1]
-        gains = np.where(change < 0, 0.0, change)
-        losses = np.where(change < 0, -change, 0.0)
-        a = (n - 1) / n
-        gain, loss = np.empty(close.size - n), np.empty(close.size - n)
-        gain[0] = sum_in_order(gains[:n]) / n
-        loss[0] = sum_in_order(losses[:n]) / n
-        gain[1:] = linear_recurrence(a, gains[n:] / n, float(gain[0]))
-        loss[1:] = linear_recurrence(a, losses[n:] / n, float(loss[0]))
-        total = gain + loss
-        with np.errstate(divide="ignore", invalid="ignore"):
-            out[n:] = np.where(total != 0, 100.0 * (gain / total), 0.0)
+        change = np.subtract(close[1:], close[:-1], out=scratch(2, close.size - 1))
+        gains, losses = _split_change(change[:n].copy(), np.empty(n))
+        gain = sum_in_order(gains) / n
+        loss = sum_in_order(losses) / n
+        out[n] = _rsi(np.array([gain]), np.array([loss]))[0]
+        if close.size > n + 1:
+            changes = to_lanes(change[n:], 0)
+            gains, losses = _split_change(changes, scratch(1, changes.size).reshape(changes.shape))
+            a = (n - 1) / n
+            recur_lanes(gains, a, gain, (np.divide, n))
+            recur_lanes(losses, a, loss, (np.divide, n))
+            from_lanes(_rsi(gains, losses), out[n + 1 :])
         return out
 
     def rows(self) -> RsiRows:
@@ -150,14 +180,8 @@ class RsiRows(_WilderRows):
         open_time_ms: IntArray | None = None,
     ) -> tuple[FloatArray, ...]:
         change = close - self.previous[rows]
-        falling = change < 0
-        up, down = np.where(falling, 0.0, change), np.where(falling, -change, 0.0)
-        gain, loss = self._smooth(rows, close, (up, down))
-        total = gain + loss
-        with np.errstate(divide="ignore", invalid="ignore"):
-            rsi: FloatArray = np.where(total != 0, 100.0 * (gain / total), 0.0)
-        rsi[np.isnan(total)] = np.nan
-        return (rsi,)
+        gain, loss = self._smooth(rows, close, _split_change(change, np.empty(rows.size)))
+        return (_rsi(gain, loss),)
 
 
 @dataclass(frozen=True)
@@ -175,13 +199,16 @@ class Atr(Indicator[float, FloatArray]):
 
     def batch(self, candles: CandleSeries) -> FloatArray:
         n = self.period
-        out = nan_array(len(candles))
+        out = nan_prefixed(len(candles), n)
         if len(candles) <= n:
             return out
-        true_range = _true_range(candles)
+        true_range = _true_range(candles, 1)
         seed = sum_in_order(true_range[:n]) / n
         out[n] = seed
-        out[n + 1 :] = linear_recurrence((n - 1) / n, true_range[n:] / n, seed)
+        if len(candles) > n + 1:
+            lanes = to_lanes(true_range[n:], 0)
+            recur_lanes(lanes, (n - 1) / n, seed, (np.divide, n))
+            from_lanes(lanes, out[n + 1 :])
         return out
 
     def rows(self) -> AtrRows:
@@ -230,13 +257,13 @@ class Adx(Indicator[float, FloatArray]):
 
     def batch(self, candles: CandleSeries) -> FloatArray:
         n = self.period
-        out = nan_array(len(candles))
+        out = nan_prefixed(len(candles), self.warmup)
         if len(candles) <= self.warmup:
             return out
         plus, minus = _directional_movement(
             candles.high[1:] - candles.high[:-1], candles.low[:-1] - candles.low[1:]
         )
-        true_range = _true_range(candles)
+        true_range = _true_range(candles, 1).copy()
         a = (n - 1) / n
         # Smoothed sums at indexes n… (the arrays above start at index 1).
         smoothed = [
@@ -251,9 +278,15 @@ class Adx(Indicator[float, FloatArray]):
         defined = (smoothed[2] != 0) & (di_total != 0)
         seed = sum_in_order(np.where(defined[:n], dx[:n], 0.0)) / n
         out[2 * n - 1] = seed
-        out[2 * n :] = linear_recurrence(
-            np.where(defined[n:], a, 1.0), np.where(defined[n:], dx[n:] / n, 0.0), seed
-        )
+        # Where DX is undefined the ADX is held: those candles are not steps of its smoothing.
+        held = ~defined[n:]
+        if not held.any():
+            out[2 * n :] = linear_recurrence(a, dx[n:] / n, seed)
+        else:
+            stepped = np.empty(dx.size - n - int(held.sum()) + 1)
+            stepped[0] = seed
+            stepped[1:] = linear_recurrence(a, dx[n:][~held] / n, seed)
+            out[2 * n :] = stepped[np.cumsum(~held)]
         return out
 
     def rows(self) -> AdxRows:
@@ -271,6 +304,7 @@ class AdxRows(IndicatorRows):
     count: npt.NDArray[np.int64]
     seeds: FloatArray
     dx_total: FloatArray
+    adx: FloatArray
 
     def __init__(self, period: int) -> None:
         super().__init__()
@@ -280,6 +314,7 @@ class AdxRows(IndicatorRows):
         self._array("count", np.int64, 0)
         self._array("seeds", np.float64, 0.0, width=3)
         self._array("dx_total", np.float64, 0.0)
+        self._array("adx", np.float64, 0.0)
         self._smoothed = [self._part(RecurrenceRows()) for _ in range(3)]
         self._adx = self._part(RecurrenceRows())
 
@@ -332,12 +367,11 @@ class AdxRows(IndicatorRows):
             seeded = index[adding] == 2 * n - 1
             seed = total[seeded] / n
             self._adx.start(at[adding][seeded], seed)
+            self.adx[at[adding][seeded]] = seed
             out[summing[adding][seeded]] = seed
+        stepping = np.flatnonzero(~adding & defined)
+        if stepping.size:
+            self.adx[at[stepping]] = self._adx.step(at[stepping], a, dx[stepping] / n)
         smoothing = ~adding
-        if smoothing.any():
-            out[summing[smoothing]] = self._adx.step(
-                at[smoothing],
-                np.where(defined[smoothing], a, 1.0),
-                np.where(defined[smoothing], dx[smoothing] / n, 0.0),
-            )
+        out[summing[smoothing]] = self.adx[at[smoothing]]  # held where DX is undefined
         return (out,)

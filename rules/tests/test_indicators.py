@@ -1,6 +1,6 @@
 """Indicators: incremental equals batch bit for bit, warm-up indexes agree, parameters are checked.
 
-The chunk length of the kernels (`recurrence.CHUNK`, 512) is longer than the random series, so
+The chunk length of the kernels (`recurrence.CHUNK`, 128) is longer than the random series, so
 most properties also run with it shrunk to a few steps, where every chunk boundary and exact
 resync of the running totals is crossed many times.
 """
@@ -184,7 +184,7 @@ def test_from_history_continues_the_series(name: str, data: st.DataObject) -> No
 
 
 def test_production_chunk_length_is_crossed_bit_for_bit() -> None:
-    """2,000 candles cross the real CHUNK (512) boundaries of every running total and smoothing."""
+    """2,000 candles cross the real CHUNK (128) boundaries of every running total and smoothing."""
     rng = np.random.default_rng(7)
     close = 20_000 * np.exp(np.cumsum(rng.normal(0, 1e-3, 2_000)))
     candles = CandleSeries.from_columns(

@@ -43,10 +43,10 @@ from rules.engine.recurrence import (
     RollingSumRows,
     from_lanes,
     recur_lanes,
+    rolling_sum_into,
     scratch,
     sum_in_order,
     to_lanes,
-    window_sums,
 )
 
 
@@ -117,11 +117,10 @@ class Sma(Indicator[float, FloatArray]):
 
     def batch(self, candles: CandleSeries) -> FloatArray:
         n, close = self.period, candles.close
-        out = nan_prefixed(close.size, n - 1)
+        out = nan_prefixed(close.size, min(n - 1, close.size))
         if close.size >= n:
-            sums = window_sums(close, n, 0)
+            sums = rolling_sum_into(close, n, out[n - 1 :])
             np.divide(sums, n, out=sums)
-            from_lanes(sums, out[n - 1 :])
         return out
 
     def rows(self) -> SmaRows:
@@ -336,10 +335,8 @@ class BollingerBands(Indicator[BandsValue, BandsArrays]):
         middle, upper, lower = (nan_prefixed(size, n - 1) for _ in range(3))
         if size < n:
             return BandsArrays(middle, upper, lower)
-        sums = window_sums(x, n, 0)
-        np.divide(sums, n, out=sums)
-        mean = middle[n - 1 :]
-        from_lanes(sums, mean)
+        mean = rolling_sum_into(x, n, middle[n - 1 :])
+        np.divide(mean, n, out=mean)
         # Welford's sliding update of the sum of squared deviations, in the step form's order.
         newest, oldest = x[n:], x[:-n]
         steps = scratch(1, mean.size)

@@ -32,9 +32,10 @@ import threading
 import numpy as np
 import numpy.typing as npt
 
-from rules.engine.base import BoolArray, FloatArray, RowIndex, RowState
+from rules.engine.base import BoolArray, FloatArray, RowIndex, RowState, nan_prefixed
 
 CHUNK = 128
+SUMMED_IN_ORDER = 4  # windows this short are summed in order at every output (no running total)
 _TILE = 64  # chunks per block of the transposing copy in `to_lanes`
 
 
@@ -212,12 +213,23 @@ def window_sums(values: FloatArray, n: int, slot: int) -> FloatArray:
     return lanes
 
 
+def rolling_sum_into(values: FloatArray, n: int, out: FloatArray) -> FloatArray:
+    """The sums of values[q…q+n-1] for q = 0…size-n into `out`, as `RollingSumRows` computes
+    them: summed in order when n ≤ SUMMED_IN_ORDER, else `window_sums`."""
+    if n > SUMMED_IN_ORDER:
+        from_lanes(window_sums(values, n, 0), out)
+        return out
+    out.fill(0.0)
+    for k in range(n):
+        np.add(out, values[k : k + out.size], out=out)
+    return out
+
+
 def rolling_sum(values: FloatArray, n: int) -> FloatArray:
     """Sum of values[i-n+1…i] at each i ≥ n-1 (NaN before), as `RollingSumRows` computes it."""
-    out = np.empty(values.size)
-    out[: n - 1] = np.nan
+    out = nan_prefixed(values.size, min(n - 1, values.size))
     if values.size >= n:
-        from_lanes(window_sums(values, n, 0), out[n - 1 :])
+        rolling_sum_into(values, n, out[n - 1 :])
     return out
 
 
@@ -276,7 +288,7 @@ class RollingSumRows(RowState):
         leaving, full = self.window.push(rows, values)
         outputs = self.outputs[rows]
         total = self.total[rows] + (values - leaving)
-        exact = full & (outputs % CHUNK == 0)
+        exact = full if self.window.n <= SUMMED_IN_ORDER else full & (outputs % CHUNK == 0)
         if exact.any():
             at = rows[exact]
             recomputed = np.zeros(at.size)
@@ -288,16 +300,22 @@ class RollingSumRows(RowState):
         return np.where(full, total, np.nan), leaving
 
 
+def window_extreme(values: FloatArray, n: int, out: FloatArray, *, highest: bool) -> FloatArray:
+    """max (or min) of values[q…q+n-1] for q = 0…size-n, into `out` (max and min do not round:
+    any order gives the step form's value)."""
+    pick = np.maximum if highest else np.minimum
+    outputs = out.size
+    np.copyto(out, values[:outputs])
+    for k in range(1, n):
+        pick(out, values[k : k + outputs], out=out)
+    return out
+
+
 def rolling_extreme(values: FloatArray, n: int, *, highest: bool) -> FloatArray:
     """max (or min) of values[i-n+1…i] at each i ≥ n-1, NaN before."""
-    out = np.full(values.size, np.nan)
-    outputs = values.size - (n - 1)
-    if outputs > 0:
-        pick = np.maximum if highest else np.minimum
-        extreme = values[:outputs].copy()
-        for k in range(1, n):
-            pick(extreme, values[k : k + outputs], out=extreme)
-        out[n - 1 :] = extreme
+    out = nan_prefixed(values.size, min(n - 1, values.size))
+    if values.size >= n:
+        window_extreme(values, n, out[n - 1 :], highest=highest)
     return out
 
 

@@ -21,9 +21,15 @@ from rules.engine.base import (
     IntArray,
     RowIndex,
     check_period,
-    nan_array,
+    nan_prefixed,
 )
-from rules.engine.recurrence import ExtremeRows, RollingSumRows, rolling_extreme, rolling_sum
+from rules.engine.recurrence import (
+    ExtremeRows,
+    RollingSumRows,
+    rolling_sum_into,
+    scratch,
+    window_extreme,
+)
 
 
 class StochasticValue(NamedTuple):
@@ -55,19 +61,22 @@ class Stochastic(Indicator[StochasticValue, StochasticArrays]):
 
     def batch(self, candles: CandleSeries) -> StochasticArrays:
         size = len(candles)
-        k, d = nan_array(size), nan_array(size)
+        k, d = nan_prefixed(size, min(self.warmup, size)), nan_prefixed(size, min(self.warmup, size))
         if size <= self.warmup:
             return StochasticArrays(k, d)
-        first = self.fast_k - 1
-        highest = rolling_extreme(candles.high, self.fast_k, highest=True)[first:]
-        lowest = rolling_extreme(candles.low, self.fast_k, highest=False)[first:]
-        scale = (highest - lowest) / 100.0
+        first, outputs = self.fast_k - 1, size - (self.fast_k - 1)
+        highest = window_extreme(candles.high, self.fast_k, scratch(3, outputs), highest=True)
+        lowest = window_extreme(candles.low, self.fast_k, scratch(4, outputs), highest=False)
+        scale = np.divide(np.subtract(highest, lowest, out=highest), 100.0, out=highest)
+        fast = np.subtract(candles.close[first:], lowest, out=lowest)
         with np.errstate(divide="ignore", invalid="ignore"):
-            fast = np.where(scale != 0, (candles.close[first:] - lowest) / scale, 0.0)
-        slow_k = rolling_sum(fast, self.slow_k)[self.slow_k - 1 :] / self.slow_k
-        slow_d = rolling_sum(slow_k, self.slow_d) / self.slow_d
+            np.divide(fast, scale, out=fast)
+        np.copyto(fast, 0.0, where=scale == 0)  # TA-Lib's 0 for a flat window
+        slow_k = rolling_sum_into(fast, self.slow_k, scratch(5, outputs - (self.slow_k - 1)))
+        np.divide(slow_k, self.slow_k, out=slow_k)
+        slow_d = rolling_sum_into(slow_k, self.slow_d, d[self.warmup :])
+        np.divide(slow_d, self.slow_d, out=slow_d)
         k[self.warmup :] = slow_k[self.slow_d - 1 :]
-        d[self.warmup :] = slow_d[self.slow_d - 1 :]
         return StochasticArrays(k, d)
 
     def rows(self) -> StochasticRows:

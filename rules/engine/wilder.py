@@ -236,10 +236,25 @@ class AtrRows(_WilderRows):
 
 
 def _directional_movement(high_change: FloatArray, low_change: FloatArray) -> tuple[FloatArray, FloatArray]:
-    """(+DM, -DM) from high - previous high and previous low - low, TA-Lib's case analysis."""
+    """In place: (+DM, -DM) from high - previous high and previous low - low, TA-Lib's case
+    analysis. A change that does not count is multiplied by False (a masked np.where costs ten
+    times more on a random mask); its -0.0 adds nothing to the sums, as 0.0 would."""
     plus_wins = (high_change > 0) & (high_change > low_change)
     minus_wins = (low_change > 0) & (high_change < low_change)
-    return np.where(plus_wins, high_change, 0.0), np.where(minus_wins, low_change, 0.0)
+    return np.multiply(high_change, plus_wins, out=high_change), np.multiply(
+        low_change, minus_wins, out=low_change
+    )
+
+
+def _dx(plus_sum: FloatArray, minus_sum: FloatArray, range_sum: FloatArray) -> FloatArray:
+    """In place: DX from the smoothed sums, NaN where it is undefined (0/0: no range, or no
+    directional movement). Overwrites all three arguments; returns `minus_sum`."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        plus_di = np.multiply(100.0, np.divide(plus_sum, range_sum, out=plus_sum), out=plus_sum)
+        minus_di = np.multiply(100.0, np.divide(minus_sum, range_sum, out=minus_sum), out=minus_sum)
+        di_total = np.add(minus_di, plus_di, out=range_sum)
+        spread = np.abs(np.subtract(minus_di, plus_di, out=minus_di), out=minus_di)
+        return np.multiply(100.0, np.divide(spread, di_total, out=spread), out=spread)
 
 
 @dataclass(frozen=True)
@@ -260,28 +275,31 @@ class Adx(Indicator[float, FloatArray]):
         out = nan_prefixed(len(candles), self.warmup)
         if len(candles) <= self.warmup:
             return out
+        high, low, size = candles.high, candles.low, len(candles)
         plus, minus = _directional_movement(
-            candles.high[1:] - candles.high[:-1], candles.low[:-1] - candles.low[1:]
+            np.subtract(high[1:], high[:-1], out=scratch(3, size - 1)),
+            np.subtract(low[:-1], low[1:], out=scratch(4, size - 1)),
         )
-        true_range = _true_range(candles, 1).copy()
+        true_range = _true_range(candles, 1)
         a = (n - 1) / n
-        # Smoothed sums at indexes n… (the arrays above start at index 1).
-        smoothed = [
-            linear_recurrence(a, values[n - 1 :], sum_in_order(values[: n - 1]))
-            for values in (plus, minus, true_range)
-        ]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            plus_di = 100.0 * (smoothed[0] / smoothed[2])
-            minus_di = 100.0 * (smoothed[1] / smoothed[2])
-            di_total = minus_di + plus_di
-            dx = 100.0 * (np.abs(minus_di - plus_di) / di_total)
-        defined = (smoothed[2] != 0) & (di_total != 0)
-        seed = sum_in_order(np.where(defined[:n], dx[:n], 0.0)) / n
+        # Smoothed sums at indexes n… (the arrays above start at index 1), then DX, in lanes.
+        sums = []
+        for slot, values in ((0, plus), (2, minus), (5, true_range)):
+            lanes = to_lanes(values[n - 1 :], slot)
+            recur_lanes(lanes, a, sum_in_order(values[: n - 1]))
+            sums.append(lanes)
+        dx = scratch(3, size - n)
+        from_lanes(_dx(*sums), dx)
+        seed = sum_in_order(np.nan_to_num(dx[:n], nan=0.0)) / n
         out[2 * n - 1] = seed
+        if size == 2 * n:
+            return out
         # Where DX is undefined the ADX is held: those candles are not steps of its smoothing.
-        held = ~defined[n:]
+        held = np.isnan(dx[n:])
         if not held.any():
-            out[2 * n :] = linear_recurrence(a, dx[n:] / n, seed)
+            lanes = to_lanes(dx[n:], 0)
+            recur_lanes(lanes, a, seed, (np.divide, n))
+            from_lanes(lanes, out[2 * n :])
         else:
             stepped = np.empty(dx.size - n - int(held.sum()) + 1)
             stepped[0] = seed
@@ -353,12 +371,8 @@ class AdxRows(IndicatorRows):
             smoothed.step(at, a, column[summing])
             for smoothed, column in zip(self._smoothed, values, strict=True)
         )
-        with np.errstate(divide="ignore", invalid="ignore"):
-            plus_di = 100.0 * (plus_sum / range_sum)
-            minus_di = 100.0 * (minus_sum / range_sum)
-            di_total = minus_di + plus_di
-            dx = 100.0 * (np.abs(minus_di - plus_di) / di_total)
-        defined = (range_sum != 0) & (di_total != 0)
+        dx = _dx(plus_sum, minus_sum, range_sum)
+        defined = ~np.isnan(dx)
         index = index[summing]
         adding = index <= 2 * n - 1
         if adding.any():

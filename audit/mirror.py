@@ -51,9 +51,18 @@ def mirror_enqueue(*, kind: str, key: str, document: dict[str, Any]) -> MirrorOu
     return MirrorOutbox.objects.create(kind=kind, key=key, document=document, created_at=timezone.now())
 
 
-def _database(client: MongoClient[dict[str, Any]]) -> Database[dict[str, Any]]:
+def mirror_database(client: MongoClient[dict[str, Any]]) -> Database[dict[str, Any]]:
+    """The mirror's database on `client`: the path of MONGO_URL (default "oasis")."""
     name = urlsplit(str(settings.MONGO_URL)).path.lstrip("/") or "oasis"
     return client[name]
+
+
+def mirror_client() -> MongoClient[dict[str, Any]]:
+    """A client for MONGO_URL with short timeouts (close it after use)."""
+    return _client()
+
+
+_database = mirror_database
 
 
 def _client() -> MongoClient[dict[str, Any]]:
@@ -144,3 +153,66 @@ def mongo_migrate() -> list[int]:
         return applied
     finally:
         client.close()
+
+
+# -- verification -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MirrorVerification:
+    checked: int
+    first_seq: int | None
+    head_seq: int | None
+    head_hash: str | None
+    problem: str | None = None
+
+    @property
+    def intact(self) -> bool:
+        return self.problem is None
+
+
+def mirror_chain_verify(database: Database[dict[str, Any]] | None = None) -> MirrorVerification:
+    """Walk the mirrored audit events in seq order, as `audit_verify` walks PostgreSQL's: each
+    one's hash recomputed from its contents, each pointing at the one before, no seq skipped.
+    (The mirror may start after seq 1 when MONGO_URL was set later; it is checked from there.)"""
+    from datetime import datetime
+
+    from audit.chain import EventContent, event_hash
+
+    client = None
+    if database is None:
+        client = _client()
+        database = _database(client)
+    try:
+        checked, first = 0, None
+        head_seq: int | None = None
+        head_hash: str | None = None
+
+        def broken(problem: str) -> MirrorVerification:
+            return MirrorVerification(checked, first, head_seq, head_hash, problem)
+
+        for doc in database["audit_events"].find({}).sort("seq", ASCENDING):
+            seq = int(doc["seq"])
+            if first is None:
+                first = seq
+            elif seq != (head_seq or 0) + 1:
+                return broken(f"seq {(head_seq or 0) + 1} is missing before seq {seq}")
+            elif doc["prev_hash"] != head_hash:
+                return broken(f"seq {seq} does not point at seq {seq - 1}")
+            content = EventContent(
+                seq=seq,
+                created_at=datetime.fromisoformat(str(doc["created_at"])),
+                actor=doc["actor"],
+                action=doc["action"],
+                object_type=doc["object_type"],
+                object_id=doc["object_id"],
+                payload=doc["payload"],
+                prev_hash=doc["prev_hash"],
+            )
+            if event_hash(content) != doc["hash"]:
+                return broken(f"seq {seq}: its contents do not match its hash")
+            checked, head_seq, head_hash = checked + 1, seq, str(doc["hash"])
+        return MirrorVerification(checked, first, head_seq, head_hash)
+    finally:
+        if client is not None:
+            client.close()

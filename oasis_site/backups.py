@@ -26,6 +26,7 @@ from typing import Any
 
 from django.db import connection
 from django.db.migrations.recorder import MigrationRecorder
+from pymongo.errors import PyMongoError
 
 from audit.models import AuditEvent
 from audit.selectors import audit_chain_verify
@@ -204,4 +205,129 @@ def backup_restore(*, dump: Path) -> dict[str, Any]:
     )
     if restored != head:
         raise BackupError(f"restored audit head {restored} is not the manifest's {head}")
+    return manifest
+
+
+# -- MongoDB (the audit mirror) ------------------------------------------------------------------
+#
+# The mirror's dump is gzip'd JSON lines, one {"c": collection, "d": document} per document in
+# MongoDB's canonical extended JSON (bson.json_util: every BSON type round-trips exactly), with
+# the same kind of manifest: sha256, counts per collection, the mirror's audit head. No
+# mongodump is needed (pymongo only), so the app image and the tests can run it anywhere.
+
+MONGO_COLLECTIONS = ("audit_events", "rule_versions")
+
+
+def mongo_backup_create(*, output: Path) -> BackupResult:
+    """Dump the MongoDB mirror (MONGO_URL) to `output` (refused if it exists), with a manifest."""
+    import gzip
+
+    from bson import json_util
+
+    from audit.mirror import mirror_chain_verify, mirror_client, mirror_database, mirror_enabled
+
+    if not mirror_enabled():
+        raise BackupError("MONGO_URL is not set: there is no MongoDB mirror to back up")
+    if output.exists() or manifest_path(output).exists():
+        raise BackupError(f"{output} already exists: choose a new file (a backup never overwrites one)")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    partial = output.with_name(output.name + ".partial")
+    client = mirror_client()
+    counts: dict[str, int] = {}
+    try:
+        database = mirror_database(client)
+        verification = mirror_chain_verify(database)
+        if not verification.intact:
+            raise BackupError(f"the mirror's audit chain is broken: {verification.problem}")
+        with gzip.open(partial, "wt", encoding="utf-8") as sink:
+            for name in MONGO_COLLECTIONS:
+                counts[name] = 0
+                for document in database[name].find({}).sort("_id", 1):
+                    record = {"c": name, "d": document}
+                    sink.write(json_util.dumps(record, json_options=json_util.CANONICAL_JSON_OPTIONS) + "\n")
+                    counts[name] += 1
+        migrations = sorted(int(row["_id"]) for row in database["oasis_migrations"].find({}, {"_id": 1}))
+        partial.replace(output)
+    except (PyMongoError, OSError, ValueError) as error:
+        raise BackupError(f"MongoDB backup failed: {type(error).__name__}: {error}"[:600]) from None
+    finally:
+        client.close()
+        partial.unlink(missing_ok=True)
+    head = {"seq": verification.head_seq, "hash": verification.head_hash} if verification.head_seq else None
+    manifest = {
+        "format": FORMAT_VERSION,
+        "kind": "mongodb",
+        "sha256": _sha256(output),
+        "size": output.stat().st_size,
+        "created_at": datetime.now(UTC).isoformat(),
+        "collections": counts,
+        "mongo_migrations": migrations,
+        "audit_events": counts["audit_events"],
+        "audit_head": head,
+    }
+    manifest_path(output).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return BackupResult(output, manifest_path(output), output.stat().st_size, counts["audit_events"])
+
+
+def mongo_backup_restore(*, dump: Path, batch: int = 1000) -> dict[str, Any]:
+    """Restore a mirror dump into the MongoDB of MONGO_URL, whose mirror collections must be
+    empty; then apply the index migrations and verify counts and the audit chain's head."""
+    import gzip
+
+    from bson import json_util
+
+    from audit.mirror import (
+        mirror_chain_verify,
+        mirror_client,
+        mirror_database,
+        mirror_enabled,
+        mongo_migrate,
+    )
+
+    if not mirror_enabled():
+        raise BackupError("MONGO_URL is not set: nowhere to restore the mirror into")
+    manifest = _read_manifest(dump)
+    if manifest["kind"] != "mongodb":
+        raise BackupError(f"{dump} is a {manifest['kind']} backup: restore it without --mongo")
+    client = mirror_client()
+    try:
+        database = mirror_database(client)
+        occupied = {name: n for name in MONGO_COLLECTIONS if (n := database[name].count_documents({}))}
+        if occupied:
+            raise BackupError(
+                f"the target MongoDB database {database.name!r} is not empty ({occupied}): "
+                "restore into a fresh database"
+            )
+        pending: dict[str, list[Any]] = {name: [] for name in MONGO_COLLECTIONS}
+        restored = dict.fromkeys(MONGO_COLLECTIONS, 0)
+        with gzip.open(dump, "rt", encoding="utf-8") as source:
+            for number, line in enumerate(source, start=1):
+                record = json_util.loads(line)
+                name = record.get("c")
+                if name not in pending:
+                    raise BackupError(f"{dump} line {number}: unknown collection {name!r}")
+                pending[name].append(record["d"])
+                if len(pending[name]) >= batch:
+                    database[name].insert_many(pending[name], ordered=True)
+                    restored[name] += len(pending[name])
+                    pending[name] = []
+        for name, documents in pending.items():
+            if documents:
+                database[name].insert_many(documents, ordered=True)
+                restored[name] += len(documents)
+        if restored != manifest["collections"]:
+            raise BackupError(f"restored {restored} documents, the manifest says {manifest['collections']}")
+        verification = mirror_chain_verify(database)
+    except (PyMongoError, OSError, ValueError) as error:
+        raise BackupError(f"MongoDB restore failed: {type(error).__name__}: {error}"[:600]) from None
+    finally:
+        client.close()
+    mongo_migrate()
+    if not verification.intact:
+        raise BackupError(f"the restored mirror's audit chain is broken: {verification.problem}")
+    head = {"seq": verification.head_seq, "hash": verification.head_hash} if verification.head_seq else None
+    if head != manifest.get("audit_head"):
+        raise BackupError(
+            f"restored mirror audit head {head} is not the manifest's {manifest.get('audit_head')}"
+        )
     return manifest

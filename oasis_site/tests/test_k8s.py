@@ -822,9 +822,9 @@ def check_backups(resources: list[Resource]) -> list[str]:
         outputs = [m["mountPath"] for m in container.get("volumeMounts", []) if m["name"] in claims]
         if not outputs or not any(f'"{path}/' in text for path in outputs):
             problems.append(f"{name_of(cronjob)}: writes its dump to no persistent volume")
-    if not any("manage.py backup" in text for text in commands.values()):
+    if not any("manage.py backup" in text and "--mongo" not in text for text in commands.values()):
         problems.append("no CronJob runs manage.py backup (PostgreSQL)")
-    if not any("mongodump" in text for text in commands.values()):
+    if not any("manage.py backup --mongo" in text for text in commands.values()):
         problems.append("no CronJob dumps MongoDB")
     return problems
 

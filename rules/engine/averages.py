@@ -1,7 +1,8 @@
 """Moving averages on the close: SMA, EMA, MACD and Bollinger Bands, following TA-Lib's seeding.
 
 - SMA(n): first value at index n-1. The window's sum is carried (add the newest, drop the oldest)
-  and recomputed exactly every `recurrence.CHUNK` outputs.
+  and recomputed exactly every `recurrence.CHUNK` outputs (summed in order at every output for
+  n ≤ `recurrence.SUMMED_IN_ORDER`).
 - EMA(n): k = 2/(n+1); seeded, as TA-Lib does, with the SMA of the first n closes at index n-1,
   then y = (1-k)·y + k·x. TA-Lib writes y + k·(x-y): the rounding differs, not the value
   (≈ 1e-16 relative).
@@ -41,6 +42,7 @@ from rules.engine.base import (
 from rules.engine.recurrence import (
     RecurrenceRows,
     RollingSumRows,
+    chunk_windows,
     from_lanes,
     recur_lanes,
     rolling_sum_into,
@@ -350,8 +352,8 @@ class BollingerBands(Indicator[BandsValue, BandsArrays]):
         rows, chunks = squares.shape
         starts = mean[::rows][:chunks]
         exact = np.zeros(chunks)
-        for k in range(n):
-            deviation = x[k::rows][:chunks] - starts
+        for column in chunk_windows(x, n, rows, chunks).T:
+            deviation = column - starts
             np.add(exact, deviation * deviation, out=exact)
         squares[0] = exact
         for t in range(1, rows):

@@ -7,22 +7,28 @@ its own position, with the same IEEE operations a scalar loop would do. What the
 
 - `sum_in_order`: a plain left-to-right sum starting from 0.0 (the seeds of TA-Lib's averages).
   Python's built-in `sum` is not used: from 3.12 it compensates, and numpy's `sum` is pairwise.
-- `linear_recurrence` / `RecurrenceRows`: y[i] = a[i]·y[i-1] + b[i] (EMA, Wilder smoothing).
-  A plain loop is the only exact vectorisation-free form and costs ≈ 80 ms for a year of 1m
-  candles. Instead the series is cut into fixed chunks of `CHUNK` steps counted from the first
-  step. Inside a chunk z runs the same recurrence from zero and p multiplies the a's; then
-  y = z + p·c, with c the last y of the previous chunk. Batch runs the chunks side by side (one
-  numpy operation per position in the chunk, over all chunks at once); the step form keeps z, p
-  and c. Same operations, same order: identical floats. The result differs from a plain loop by
-  rounding only (≈ 1e-16 relative per step, not accumulating: the a's are below 1).
-- `rolling_sum` / `RollingSumRows`: the sum of the last n values, carried as w += x[i] - x[i-n] and
-  recomputed exactly (`sum_in_order` over the window) every `CHUNK` outputs, which bounds the
-  drift of the running total. Batch: one `cumsum` per chunk (numpy's accumulate is sequential).
+- `linear_recurrence` / `recur_lanes` / `RecurrenceRows`: y[i] = a·y[i-1] + b[i] (EMA, Wilder
+  smoothing). A plain loop is the only exact vectorisation-free form and costs ≈ 80 ms for a
+  year of 1m candles (scipy's lfilter, a C loop, computes exactly that loop in ≈ 2.3 ms, twice
+  TA-Lib's whole EMA: decision 0016). Instead the series is cut into fixed chunks of `CHUNK`
+  steps counted from the first step. Inside a chunk z runs the same recurrence from zero and p
+  multiplies the a's; then y = z + p·c, with c the last y of the previous chunk. Batch lays the
+  series out as lanes (`to_lanes`: one column per chunk, so one numpy operation on a row steps
+  every chunk at the same position), then carries c from chunk to chunk in a float loop; the
+  step form keeps z, p and c. Same operations, same order: identical floats. The result differs
+  from a plain loop by rounding only (≈ 1e-16 relative per step, not accumulating: a < 1).
+- `rolling_sum` / `RollingSumRows`: the sum of the last n values. Up to `SUMMED_IN_ORDER` values
+  it is summed in order at every output. Longer windows carry it as w += x[i] - x[i-n],
+  recomputed exactly (summed in order) every `CHUNK` outputs, which bounds the drift of the
+  running total; batch runs that in lanes too (`window_sums`), one addition per row.
 - `rolling_extreme` / `ExtremeRows`: the highest or lowest of the last n values (max and min do
   not round, so any method gives the same value: batch takes n shifted maxima, the step form the
   maximum of its window).
 
 `CHUNK` is part of the arithmetic: changing it changes the last bits of every smoothed output.
+Batch work arrays come from `scratch` (kept per thread): fresh multi-MB arrays cost as much in
+page faults as the arithmetic. Masked numpy operations on data-dependent masks (np.where,
+boolean indexing) are avoided in the batch forms: they cost ten times a plain operation.
 """
 
 from __future__ import annotations
@@ -31,12 +37,14 @@ import threading
 
 import numpy as np
 import numpy.typing as npt
+from numpy.lib.stride_tricks import as_strided
 
 from rules.engine.base import BoolArray, FloatArray, RowIndex, RowState, nan_prefixed
 
 CHUNK = 128
 SUMMED_IN_ORDER = 4  # windows this short are summed in order at every output (no running total)
 _TILE = 64  # chunks per block of the transposing copy in `to_lanes`
+_KEPT_AT_MOST = 1 << 21  # elements of a scratch array kept between calls (16 MB)
 
 
 def sum_in_order(values: FloatArray) -> float:
@@ -60,8 +68,12 @@ def scratch(slot: int, size: int) -> FloatArray:
 
     A fresh array of a few MB is paid again at first touch, one page fault per 4 KiB (≈ 1 µs each
     on our VMs: 1.5 ms of a 4 ms EMA over a year of 1m candles). Work arrays are taken from here
-    and outputs are fresh. What is held is the largest size asked for in each slot, per thread.
-    A caller owns a slot until it returns: kernels name the slots they use."""
+    and outputs are fresh. What is held is the largest size asked for in each slot (0…5), per
+    thread, up to `_KEPT_AT_MOST` elements (25 MB for six slots of a year of 1m candles); longer
+    work arrays are fresh each time. A caller owns a slot until it returns: kernels name the
+    slots they use."""
+    if size > _KEPT_AT_MOST:
+        return np.empty(size, dtype=np.float64)
     buffer = _scratch.buffers.get(slot)
     if buffer is None or buffer.size < size:
         buffer = np.empty(size, dtype=np.float64)
@@ -193,6 +205,12 @@ class RecurrenceRows(RowState):
         return y
 
 
+def chunk_windows(values: FloatArray, n: int, rows: int, chunks: int) -> FloatArray:
+    """(chunks, n): row j holds values[j·rows…j·rows+n-1], the window of the first output of
+    chunk j (copied out of the series: summing strided columns of it directly is 4 times slower)."""
+    return as_strided(values, shape=(chunks, n), strides=(rows * values.strides[0], values.strides[0])).copy()
+
+
 def window_sums(values: FloatArray, n: int, slot: int) -> FloatArray:
     """Lanes (`to_lanes`, in scratch `slot`; `slot` + 1 is used on the way) of the sums of
     values[q…q+n-1] for q = 0…size-n, as `RollingSumRows` computes them:
@@ -205,8 +223,8 @@ def window_sums(values: FloatArray, n: int, slot: int) -> FloatArray:
     lanes = to_lanes(steps, slot)
     rows, chunks = lanes.shape
     exact = np.zeros(chunks)
-    for k in range(n):
-        np.add(exact, values[k::rows][:chunks], out=exact)
+    for column in chunk_windows(values, n, rows, chunks).T:
+        np.add(exact, column, out=exact)
     lanes[0] = exact
     for t in range(1, rows):
         np.add(lanes[t - 1], lanes[t], out=lanes[t])

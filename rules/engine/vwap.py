@@ -23,7 +23,6 @@ from rules.engine.base import (
     IndicatorRows,
     IntArray,
     RowIndex,
-    nan_array,
 )
 
 DAY_MS = 86_400_000
@@ -46,9 +45,9 @@ class Vwap(Indicator[float, FloatArray]):
         for start, stop in itertools.pairwise(bounds):
             np.cumsum(weighted[start:stop], out=value_total[start:stop])
             np.cumsum(candles.volume[start:stop], out=volume_total[start:stop])
-        out = nan_array(len(candles))
-        traded = volume_total > 0
-        out[traded] = value_total[traded] / volume_total[traded]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out: FloatArray = np.divide(value_total, volume_total, out=value_total)
+        np.copyto(out, np.nan, where=volume_total == 0)  # no volume yet this session (volumes are ≥ 0)
         return out
 
     def rows(self) -> VwapRows:

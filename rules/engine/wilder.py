@@ -10,8 +10,9 @@ rounds differently, ≈ 1e-16 relative a step). Seeds, as TA-Lib (unstable perio
 - ADX(n): +DM, -DM and TR are smoothed as running sums, S = S - S/n + v (here a·S + v). The seed
   at index n-1 is the sum of the first n-1 values, as TA-Lib does (not n). DX is defined from
   index n; the first ADX, at index 2n-1, is the sum of the n DX values divided by n. Where DX is
-  undefined (smoothed TR is 0, or +DI + -DI is 0) it adds nothing to that sum and leaves the ADX
-  unchanged afterwards, as in TA-Lib.
+  undefined (0/0 = NaN: smoothed TR is 0, or +DI + -DI is 0) it adds nothing to that sum and
+  leaves the ADX unchanged afterwards, as in TA-Lib: such a candle is not a step of the ADX's
+  smoothing (the batch form smooths the defined DX values only and holds the last value).
 TA-Lib's "unstable period" only delays where its output starts; the values it returns after it
 are the ones computed from index 0, which these are. TA-Lib takes |x| < 1e-8 as zero in those
 tests; here only an exact 0 is, because 1e-8 is not small for an asset priced at 1e-6.

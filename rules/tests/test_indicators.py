@@ -201,6 +201,27 @@ def test_production_chunk_length_is_crossed_bit_for_bit() -> None:
             assert_bit_identical(incremental, column)
 
 
+def test_adx_holds_while_dx_is_undefined_then_smooths() -> None:
+    """A flat start (no range: DX is 0/0) then a moving series: the ADX is held at its seed while
+    DX is undefined, and both forms count only the defined DX values as steps of its smoothing,
+    across real CHUNK boundaries."""
+    rng = np.random.default_rng(11)
+    close = 100 * np.exp(np.cumsum(np.concatenate([np.zeros(150), rng.normal(0, 1e-3, 450)])))
+    spread = np.where(np.arange(600) < 150, 0.0, 1e-3)
+    candles = CandleSeries.from_columns(
+        open_time_ms=DAY_MS * 19_417 + MINUTE_MS * np.arange(600),
+        high=close * (1 + spread),
+        low=close * (1 - spread),
+        close=close,
+        volume=np.ones(600),
+    )
+    batch = Adx(5).batch(candles)
+    outputs = run_updates(Adx(5).start(), candles)
+    assert_bit_identical(incremental_columns(outputs, 1)[0], batch)
+    assert (batch[9:150] == 0.0).all()  # the seed 0/n, held
+    assert (batch[160:] != 0.0).all()
+
+
 @given(
     a=st.floats(0.0, 0.999),
     b=st.lists(st.floats(-1e4, 1e4, allow_subnormal=False), max_size=60),

@@ -409,8 +409,8 @@ class BollingerBandsRows(IndicatorRows):
         if exact.size:
             at = rows[exact]
             recomputed = np.zeros(exact.size)
-            for k in range(n):
-                deviation = self._total.window.kept(at, k) - mean[exact]
+            for column in self._total.window.ordered(at).T:
+                deviation = column - mean[exact]
                 recomputed = recomputed + deviation * deviation
             squares[exact] = recomputed
         self.mean[rows] = np.where(full, mean, self.mean[rows])

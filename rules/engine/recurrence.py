@@ -277,12 +277,12 @@ class WindowRows(RowState):
         self.head[rows], self.held[rows] = head, held
         return leaving, held == self.n
 
-    def kept(self, rows: RowIndex, k: int) -> FloatArray:
-        """The k-th oldest value of each (full) row's window."""
-        at = self.head[rows] + k
+    def ordered(self, rows: RowIndex) -> FloatArray:
+        """Each (full) row's window, oldest first: (rows, n)."""
+        at = self.head[rows][:, None] + np.arange(self.n)
         at[at >= self.n] -= self.n
-        kept: FloatArray = self.ring[rows, at]
-        return kept
+        ordered: FloatArray = self.ring[rows[:, None], at]
+        return ordered
 
 
 class RollingSumRows(RowState):
@@ -310,8 +310,8 @@ class RollingSumRows(RowState):
         if exact.any():
             at = rows[exact]
             recomputed = np.zeros(at.size)
-            for k in range(self.window.n):
-                recomputed = recomputed + self.window.kept(at, k)
+            for column in self.window.ordered(at).T:
+                recomputed = recomputed + column
             total[exact] = recomputed
         self.total[rows] = total
         self.outputs[rows] = outputs + full

@@ -27,9 +27,12 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
+import orjson
 import psycopg
 from django.conf import settings as django_settings
 from django.db import connection
+from django.db.models import JSONField, Value
+from django.db.models.functions import Cast
 from django.utils import timezone
 
 from marketdata.core.timeframes import Timeframe, ms_from_datetime, utc_from_ms
@@ -129,7 +132,7 @@ def _backtest_run(
         run.finished_at = timezone.now()
         run.save(update_fields=["status", "error", "finished_at"])
         raise
-    run.results = summary(
+    results = summary(
         result,
         markets=markets,
         opening_balance=request.opening_balance,
@@ -137,10 +140,24 @@ def _backtest_run(
         start_ms=ms_from_datetime(request.since),
         end_ms=ms_from_datetime(request.until),
     )
-    run.status = BacktestRun.Status.SUCCEEDED
-    run.finished_at = timezone.now()
-    run.save(update_fields=["results", "status", "finished_at"])
+    finished_at = timezone.now()
+    BacktestRun.objects.filter(pk=run.pk).update(
+        results=_json_value(results), status=BacktestRun.Status.SUCCEEDED, finished_at=finished_at
+    )
+    run.results, run.status, run.finished_at = results, BacktestRun.Status.SUCCEEDED, finished_at
     return run, result
+
+
+def _json_value(value: dict[str, Any]) -> Any:
+    """`value` as a JSON field's new content. On PostgreSQL it is encoded by orjson and cast to
+    jsonb: a year's results are 6 MB of JSON, which the standard encoder took 50-60 ms to write
+    (orjson: about 10). The stored document is the same: jsonb keeps values, not their spelling
+    (`1e-05` and `1e-5` are one number, key order and spaces are its own). One difference, in a
+    case that does not arise: a float that is not finite is stored as null, where the standard
+    encoder wrote `NaN`, which PostgreSQL refuses; the results' floats are all finite."""
+    if connection.vendor != "postgresql":
+        return value
+    return Cast(Value(orjson.dumps(value).decode()), output_field=JSONField())
 
 
 def _plan(request: BacktestRequest) -> _Plan:

@@ -256,16 +256,23 @@ def test_a_long_span_read_in_parts_is_the_same_read(
         open_time__gte=first + timedelta(minutes=550),
         open_time__lt=first + timedelta(minutes=1000),
     ).delete()
+    # Flags that are not the usual ones (closed, not imputed), in some parts and not others.
+    _impute_first(symbol, first + timedelta(minutes=20), 5)
+    Candle.objects.filter(symbol=symbol, open_time=first + timedelta(minutes=1200)).update(is_closed=False)
     since, until = first - timedelta(minutes=7), end + timedelta(minutes=3)
     whole = backtests._stored_candles(symbol.pk, Timeframe.M1, since=since, until=until)
     monkeypatch.setattr(backtests, "_PART_MINUTES", 180)  # 8 parts of 189 minutes, two of them empty
     read = list(backtests._stored_parts(symbol.pk, Timeframe.M1, since, until))
     assert len(read) == 8
-    assert sum(head is None for head, _ in read) == 2
+    assert sum(part.times is None for part in read) == 2
     parts = backtests._stored_candles(symbol.pk, Timeframe.M1, since=since, until=until)
     assert parts.open_ms.size == ROWS - 450
+    orm = backtests._stored_candles_orm(symbol.pk, Timeframe.M1, since, until)
+    assert np.count_nonzero(orm.imputed) == 5
+    assert np.count_nonzero(~orm.closed) == 1
     for column in ("open_ms", "closed", "imputed", "open", "high", "low", "close", "volume"):
         assert np.array_equal(getattr(parts, column), getattr(whole, column)), column
+        assert np.array_equal(getattr(parts, column), getattr(orm, column)), column
     for row in range(parts.open_ms.size):
         assert parts.exact(row) == whole.exact(row)
         assert parts.exact(row)[3] == parts.exact_close(row)

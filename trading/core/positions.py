@@ -62,23 +62,28 @@ def apply_fill(state: PositionState, side: Side, fill: ExecutedFill, *, quote_as
     """The position after `fill`. Fees charged in another asset than the quote (e.g. BNB) are
     not converted here; they are recorded on the fill and left out of `fees`."""
     fee = fill.fee if fill.fee_asset == quote_asset else _ZERO
-    with localcontext(_WIDE):
-        if side is Side.BUY:
-            return PositionState(
-                quantity=state.quantity + fill.quantity,
-                cost=state.cost + fill.quantity * fill.price,
-                realized_pnl=state.realized_pnl,
-                fees=state.fees + fee,
-            )
-        if fill.quantity > state.quantity:
-            raise PositionError(f"sell of {fill.quantity} exceeds the position of {state.quantity}")
-        quantity = state.quantity - fill.quantity
-        taken = (
-            state.cost if not quantity else (state.cost * fill.quantity / state.quantity).quantize(_QUANTUM)
-        )
+    # The wide context's own methods: what `with localcontext(_WIDE)` computes, without entering
+    # a context for each fill (a year's backtest applies 25,000).
+    wide = _WIDE
+    if side is Side.BUY:
         return PositionState(
-            quantity=quantity,
-            cost=state.cost - taken,
-            realized_pnl=state.realized_pnl + fill.price * fill.quantity - taken,
-            fees=state.fees + fee,
+            quantity=wide.add(state.quantity, fill.quantity),
+            cost=wide.add(state.cost, wide.multiply(fill.quantity, fill.price)),
+            realized_pnl=state.realized_pnl,
+            fees=wide.add(state.fees, fee),
         )
+    if fill.quantity > state.quantity:
+        raise PositionError(f"sell of {fill.quantity} exceeds the position of {state.quantity}")
+    quantity = wide.subtract(state.quantity, fill.quantity)
+    taken = (
+        state.cost
+        if not quantity
+        else wide.quantize(wide.divide(wide.multiply(state.cost, fill.quantity), state.quantity), _QUANTUM)
+    )
+    proceeds = wide.multiply(fill.price, fill.quantity)
+    return PositionState(
+        quantity=quantity,
+        cost=wide.subtract(state.cost, taken),
+        realized_pnl=wide.subtract(wide.add(state.realized_pnl, proceeds), taken),
+        fees=wide.add(state.fees, fee),
+    )

@@ -138,6 +138,46 @@ def test_round_trips_realize_proceeds_less_cost(data: st.DataObject, rounds: int
 # Examples ---------------------------------------------------------------------------------------
 
 
+def _apply_in_a_context(state: PositionState, side: Side, done: ExecutedFill) -> PositionState:
+    """`apply_fill` as first written, inside `localcontext`: the reference for its context
+    methods (the fee is in the quote asset here)."""
+    with localcontext(Context(prec=60)):
+        if side is Side.BUY:
+            return PositionState(
+                state.quantity + done.quantity,
+                state.cost + done.quantity * done.price,
+                state.realized_pnl,
+                state.fees + done.fee,
+            )
+        quantity = state.quantity - done.quantity
+        taken = (
+            state.cost
+            if not quantity
+            else (state.cost * done.quantity / state.quantity).quantize(Decimal("1e-18"))
+        )
+        return PositionState(
+            quantity,
+            state.cost - taken,
+            state.realized_pnl + done.price * done.quantity - taken,
+            state.fees + done.fee,
+        )
+
+
+@PROPERTY
+@given(data=st.data(), steps=st.integers(1, 30))
+def test_apply_fill_computes_what_a_wide_local_context_does(data: st.DataObject, steps: int) -> None:
+    """Every field the same number with the same exponent (as its text shows)."""
+    state = PositionState()
+    for _ in range(steps):
+        side = Side.SELL if state.quantity and data.draw(st.booleans()) else Side.BUY
+        quantity = sell_quantity(data, state.quantity) if side is Side.SELL else data.draw(quantities)
+        done = fill(quantity, data.draw(prices), str(data.draw(fees)))
+        after = apply_fill(state, side, done, quote_asset=QUOTE)
+        expected = _apply_in_a_context(state, side, done)
+        assert [str(v) for v in vars(after).values()] == [str(v) for v in vars(expected).values()]
+        state = after
+
+
 def test_average_price_and_realized_pnl_by_example() -> None:
     state = apply_fill(PositionState(), Side.BUY, fill("1", "100", "0.1"), quote_asset=QUOTE)
     state = apply_fill(state, Side.BUY, fill("3", "200", "0.6"), quote_asset=QUOTE)

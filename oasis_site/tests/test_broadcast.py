@@ -10,7 +10,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from channels.layers import get_channel_layer
+from channels.layers import DEFAULT_CHANNEL_LAYER, InMemoryChannelLayer, channel_layers, get_channel_layer
 from django.test import Client
 
 from audit.services import audit_record
@@ -29,11 +29,16 @@ from oasis_site.broadcast import (
 
 class GroupListener:
     """A channel in `group`, received on one event loop of its own (the Redis layer binds a
-    channel's receive buffer to the loop that first received)."""
+    channel's receive buffer to the loop that first received). With Redis each listener has a
+    layer instance of its own: the layer's receive lock is shared by every channel of an
+    instance, and a lock left waiting by an earlier listener's loop would be "bound to a
+    different event loop" here. The in-memory layer keeps groups per instance, so it is shared."""
 
     def __init__(self, group: str) -> None:
         self.loop = asyncio.new_event_loop()
-        self.layer = get_channel_layer()
+        shared = get_channel_layer()
+        self.own_layer = not isinstance(shared, InMemoryChannelLayer)
+        self.layer = channel_layers.make_backend(DEFAULT_CHANNEL_LAYER) if self.own_layer else shared
         self.group = group
         self.channel = self.loop.run_until_complete(self.layer.new_channel())
         self.loop.run_until_complete(self.layer.group_add(group, self.channel))
@@ -49,6 +54,8 @@ class GroupListener:
 
     def close(self) -> None:
         self.loop.run_until_complete(self.layer.group_discard(self.group, self.channel))
+        if self.own_layer:
+            self.loop.run_until_complete(self.layer.close_pools())
         self.loop.close()
 
 

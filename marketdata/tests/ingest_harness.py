@@ -6,7 +6,6 @@ import hashlib
 import hmac
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ from django.db import connection
 
 from marketdata.models import Candle
 from marketdata.simulator import SimExchangeThread
+from oasis_site.tests.stack_harness import stop_gracefully
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -129,14 +129,7 @@ def start_ingest(
 
 
 def stop_ingest(process: subprocess.Popen[str], log: Path) -> None:
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-        raise AssertionError(f"ingest did not stop on SIGTERM:\n{log.read_text()[-4000:]}") from None
-    assert process.returncode == 0, log.read_text()[-4000:]
+    stop_gracefully(process, log, what="ingest")
 
 
 def newest_closed_open_ms(sim: SimExchangeThread, length_ms: int) -> int:

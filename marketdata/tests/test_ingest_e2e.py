@@ -8,7 +8,6 @@ import time
 from urllib.parse import urlsplit
 
 import pytest
-from django.core.management import call_command
 from django.db import connection
 
 from marketdata.models import Candle, Symbol
@@ -17,6 +16,7 @@ from marketdata.tests.ingest_harness import (
     ingest_env,
     newest_closed_open_ms,
     sim_faults,
+    sim_in_use,
     start_ingest,
     stop_ingest,
     stored_rows,
@@ -36,10 +36,7 @@ def sim(settings):
     config = SimConfig(
         port=0, symbols=SYMBOLS, seed=7, speed=SPEED, history_minutes=120, update_interval_s=0.05
     )
-    with SimExchangeThread(config) as running:
-        host, port = running.address
-        settings.OASIS_EXCHANGE_URLS = {"sim": {"rest": f"http://{host}:{port}", "ws": f"ws://{host}:{port}"}}
-        call_command("sync_symbols", exchange="sim", verbosity=0)
+    with SimExchangeThread(config) as running, sim_in_use(running, settings):
         yield running
 
 

@@ -12,13 +12,11 @@ kill) is found and backfilled by the next instance.
 from __future__ import annotations
 
 import re
-import signal
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
-from django.core.management import call_command
 from django.db.models import Count
 
 from marketdata.core.timeframes import Timeframe, utc_from_ms
@@ -30,12 +28,14 @@ from marketdata.tests.ingest_harness import (
     newest_closed_open_ms,
     sim_faults,
     sim_get,
+    sim_in_use,
     start_ingest,
     stop_ingest,
     stored_rows,
     truth_rows,
     wait_until_stored,
 )
+from oasis_site.tests.stack_harness import stop_gracefully
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
@@ -54,10 +54,7 @@ def sim(settings):
     config = SimConfig(
         port=0, symbols=SYMBOLS, seed=11, speed=SPEED, history_minutes=120, update_interval_s=0.1
     )
-    with SimExchangeThread(config) as running:
-        host, port = running.address
-        settings.OASIS_EXCHANGE_URLS = {"sim": {"rest": f"http://{host}:{port}", "ws": f"ws://{host}:{port}"}}
-        call_command("sync_symbols", exchange="sim", verbosity=0)
+    with SimExchangeThread(config) as running, sim_in_use(running, settings):
         yield running
 
 
@@ -95,16 +92,7 @@ def sigterm_just_after_a_close(sim: SimExchangeThread, process: subprocess.Popen
     server_ms = int(sim_get(sim, "/_sim/status")["serverTime"])
     boundary = server_ms - server_ms % 60_000 + 60_000
     time.sleep((boundary - server_ms) / SPEED / 1000 + 0.005)
-    started = time.monotonic()
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-        raise AssertionError(f"ingest did not stop on SIGTERM:\n{log.read_text()[-4000:]}") from None
-    assert process.returncode == 0, log.read_text()[-4000:]
-    return time.monotonic() - started
+    return stop_gracefully(process, log, what="ingest")
 
 
 def holes_now(sim: SimExchangeThread) -> dict[tuple[str, Timeframe], list[tuple[int, int]]]:

@@ -20,14 +20,13 @@ from pathlib import Path
 
 import pytest
 from django.conf import settings
-from django.core.management import call_command
 
 from marketdata.core.timeframes import utc_from_ms
 from marketdata.models import Candle, Gap, Symbol
 from marketdata.simulator import SimConfig, SimExchangeThread
 from marketdata.tasks import gap_backfill_start, stream_queue
-from marketdata.tests.ingest_harness import ingest_env, sim_faults
-from oasis_site.tests.stack_harness import children_of
+from marketdata.tests.ingest_harness import ingest_env, sim_faults, sim_in_use
+from oasis_site.tests.stack_harness import children_of, stop_gracefully
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.django_db(transaction=True)]
 
@@ -41,13 +40,8 @@ def sim(settings):
     config = SimConfig(
         port=0, symbols=("BTCUSDT",), seed=5, start_ms=START_MS + 5_000 * 60_000, history_minutes=5_000
     )
-    with SimExchangeThread(config) as running:
-        host, port = running.address
-        settings.OASIS_EXCHANGE_URLS = {"sim": {"rest": f"http://{host}:{port}", "ws": f"ws://{host}:{port}"}}
-        call_command("sync_symbols", exchange="sim", verbosity=0)
-        sim_faults(running, None)
+    with SimExchangeThread(config) as running, sim_in_use(running, settings):
         yield running
-        sim_faults(running, None)
 
 
 def a_gap() -> Gap:
@@ -114,16 +108,6 @@ def stored(gap: Gap) -> int:
     ).count()
 
 
-def stop(process: subprocess.Popen[str], log: Path, sig: int = signal.SIGTERM) -> None:
-    process.send_signal(sig)
-    try:
-        process.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-        raise AssertionError(f"the worker did not stop:\n{log.read_text()[-4000:]}") from None
-
-
 def test_a_warm_shutdown_finishes_the_running_task(sim, tmp_path):
     log = tmp_path / "worker.log"
     gap = a_gap()
@@ -134,14 +118,12 @@ def test_a_warm_shutdown_finishes_the_running_task(sim, tmp_path):
         gap_backfill_start(gap)
         wait_for(lambda: attempts(gap) == 1, "the worker never started the backfill", log)
         time.sleep(0.5)  # in the middle of the first slow page
-        stopping_at = time.monotonic()
-        stop(worker, log)
+        took = stop_gracefully(worker, log, what="the worker")
     finally:
         if worker.poll() is None:
             worker.kill()
             worker.wait()
-    assert worker.returncode == 0, log.read_text()[-4000:]
-    assert time.monotonic() - stopping_at > 1.0, "the worker left without waiting for its task"
+    assert took > 1.0, "the worker left without waiting for its task"
     gap.refresh_from_db()
     assert (gap.status, gap.attempts, gap.candles_backfilled) == (Gap.Status.BACKFILLED, 1, GAP_CANDLES)
     assert stored(gap) == GAP_CANDLES
@@ -168,7 +150,7 @@ def test_a_pool_process_killed_mid_task_has_the_task_run_again(sim, tmp_path):
             timeout=90,
         )
     finally:
-        stop(worker, log)
+        stop_gracefully(worker, log, what="the worker")
     text = log.read_text()
     assert "WorkerLostError" in text or "exited with 'signal 9" in text, text[-4000:]
     gap.refresh_from_db()

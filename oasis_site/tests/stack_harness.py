@@ -27,6 +27,21 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def stop_gracefully(process: subprocess.Popen[str], log: Path, *, what: str, timeout: float = 60) -> float:
+    """SIGTERM `process` and wait for it to leave with exit status 0; returns the seconds that
+    took. Still running after `timeout`: killed, and the test fails with its log's tail."""
+    started = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        raise AssertionError(f"{what} did not stop on SIGTERM:\n{log.read_text()[-4000:]}") from None
+    assert process.returncode == 0, log.read_text()[-4000:]
+    return time.monotonic() - started
+
+
 def get_json(url: str) -> Any:
     with urllib.request.urlopen(url, timeout=10) as response:
         return json.loads(response.read())

@@ -7,7 +7,6 @@ signal is decided exactly once, no client order id is used twice, and the audit 
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import sys
 import time
@@ -17,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from django.core.management import call_command
 
 from audit.selectors import audit_chain_verify
 from marketdata.core.klines import Kline
@@ -26,7 +24,8 @@ from marketdata.models import Symbol
 from marketdata.services import CandleWrite, candles_upsert_closed
 from marketdata.simulator import SimConfig, SimExchangeThread
 from marketdata.simulator.symbols import generated_names
-from marketdata.tests.ingest_harness import ingest_env
+from marketdata.tests.ingest_harness import ingest_env, sim_in_use
+from oasis_site.tests.stack_harness import stop_gracefully
 from rules.models import Signal
 from rules.services import rule_config_create, rule_version_activate
 from trading.core.types import OrderStatus
@@ -48,10 +47,10 @@ SPEC: dict[str, Any] = {
 
 @pytest.fixture
 def sim(settings):
-    with SimExchangeThread(SimConfig(port=0, symbols=SYMBOLS, history_minutes=60)) as running:
-        host, port = running.address
-        settings.OASIS_EXCHANGE_URLS = {"sim": {"rest": f"http://{host}:{port}", "ws": f"ws://{host}:{port}"}}
-        call_command("sync_symbols", exchange="sim", verbosity=0)
+    with (
+        SimExchangeThread(SimConfig(port=0, symbols=SYMBOLS, history_minutes=60)) as running,
+        sim_in_use(running, settings),
+    ):
         yield running
 
 
@@ -123,16 +122,7 @@ def start_trade(sim: SimExchangeThread, log: Path) -> subprocess.Popen[str]:
 
 
 def stop_trade(process: subprocess.Popen[str], log: Path) -> float:
-    started = time.monotonic()
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-        raise AssertionError(f"trade did not stop on SIGTERM:\n{log.read_text()[-4000:]}") from None
-    assert process.returncode == 0, log.read_text()[-4000:]
-    return time.monotonic() - started
+    return stop_gracefully(process, log, what="trade")
 
 
 def wait_for_decisions(count: int, log: Path, timeout: float = 120) -> None:

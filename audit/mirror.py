@@ -59,13 +59,6 @@ def mirror_database(client: MongoClient[dict[str, Any]]) -> Database[dict[str, A
 
 def mirror_client() -> MongoClient[dict[str, Any]]:
     """A client for MONGO_URL with short timeouts (close it after use)."""
-    return _client()
-
-
-_database = mirror_database
-
-
-def _client() -> MongoClient[dict[str, Any]]:
     return MongoClient(
         settings.MONGO_URL,
         serverSelectionTimeoutMS=TIMEOUT_MS,
@@ -87,9 +80,9 @@ def mirror_ship(*, limit: int = 1000) -> ShipResult:
         return ShipResult(0, 0, None)
     rows = list(MirrorOutbox.objects.filter(shipped_at__isnull=True).order_by("id")[:limit])
     shipped, error = 0, None
-    client = _client()
+    client = mirror_client()
     try:
-        database = _database(client)
+        database = mirror_database(client)
         for row in rows:
             try:
                 database[COLLECTIONS[MirrorOutbox.Kind(row.kind)]].replace_one(
@@ -137,9 +130,9 @@ MONGO_MIGRATIONS: list[MongoMigration] = [
 
 def mongo_migrate() -> list[int]:
     """Apply the migrations not yet recorded in `oasis_migrations`; returns those applied."""
-    client = _client()
+    client = mirror_client()
     try:
-        database = _database(client)
+        database = mirror_database(client)
         done = {int(row["_id"]) for row in database["oasis_migrations"].find({}, {"_id": 1})}
         applied = []
         for version, description, apply in MONGO_MIGRATIONS:
@@ -181,8 +174,8 @@ def mirror_chain_verify(database: Database[dict[str, Any]] | None = None) -> Mir
 
     client = None
     if database is None:
-        client = _client()
-        database = _database(client)
+        client = mirror_client()
+        database = mirror_database(client)
     try:
         checked, first = 0, None
         head_seq: int | None = None

@@ -28,8 +28,9 @@ from django.db import connection
 from django.db.migrations.recorder import MigrationRecorder
 from pymongo.errors import PyMongoError
 
+from audit.mirror import MirrorVerification
 from audit.models import AuditEvent
-from audit.selectors import audit_chain_verify
+from audit.selectors import ChainVerification, audit_chain_verify
 
 FORMAT_VERSION = 1
 
@@ -89,11 +90,39 @@ def _latest_migrations() -> dict[str, str]:
     return latest
 
 
-def backup_create(*, output: Path) -> BackupResult:
-    """Dump the configured database to `output` (refused if it exists) and write its manifest."""
+def _claim(output: Path) -> None:
+    """Refuse an `output` (or its manifest) that exists: a backup never overwrites one."""
     if output.exists() or manifest_path(output).exists():
         raise BackupError(f"{output} already exists: choose a new file (a backup never overwrites one)")
     output.parent.mkdir(parents=True, exist_ok=True)
+
+
+def _head(verification: ChainVerification | MirrorVerification) -> dict[str, Any] | None:
+    """A verified chain's head as manifests record it: {"seq", "hash"}, or None when empty."""
+    if not verification.head_seq:
+        return None
+    return {"seq": verification.head_seq, "hash": verification.head_hash}
+
+
+def _finish(output: Path, *, kind: str, audit_events: int, **fields: Any) -> BackupResult:
+    """Write `output`'s manifest: format, kind, checksum, size, time, the audit event count and
+    the kind's own `fields`."""
+    manifest = {
+        "format": FORMAT_VERSION,
+        "kind": kind,
+        "sha256": _sha256(output),
+        "size": output.stat().st_size,
+        "created_at": datetime.now(UTC).isoformat(),
+        "audit_events": audit_events,
+        **fields,
+    }
+    manifest_path(output).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return BackupResult(output, manifest_path(output), output.stat().st_size, audit_events)
+
+
+def backup_create(*, output: Path) -> BackupResult:
+    """Dump the configured database to `output` (refused if it exists) and write its manifest."""
+    _claim(output)
     head = AuditEvent.objects.order_by("-seq").values("seq", "hash").first()
     events = AuditEvent.objects.count()
     migrations = _latest_migrations()
@@ -122,18 +151,7 @@ def backup_create(*, output: Path) -> BackupResult:
         partial.replace(output)
     finally:
         partial.unlink(missing_ok=True)
-    manifest = {
-        "format": FORMAT_VERSION,
-        "kind": kind,
-        "sha256": _sha256(output),
-        "size": output.stat().st_size,
-        "created_at": datetime.now(UTC).isoformat(),
-        "migrations": migrations,
-        "audit_events": events,
-        "audit_head": head,
-    }
-    manifest_path(output).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    return BackupResult(output, manifest_path(output), output.stat().st_size, events)
+    return _finish(output, kind=kind, audit_events=events, audit_head=head, migrations=migrations)
 
 
 def _read_manifest(dump: Path) -> dict[str, Any]:
@@ -200,9 +218,7 @@ def backup_restore(*, dump: Path) -> dict[str, Any]:
             f"restored audit chain is broken at seq {verification.broken_seq}: {verification.problem}"
         )
     head = manifest.get("audit_head")
-    restored = (
-        {"seq": verification.head_seq, "hash": verification.head_hash} if verification.head_seq else None
-    )
+    restored = _head(verification)
     if restored != head:
         raise BackupError(f"restored audit head {restored} is not the manifest's {head}")
     return manifest
@@ -228,9 +244,7 @@ def mongo_backup_create(*, output: Path) -> BackupResult:
 
     if not mirror_enabled():
         raise BackupError("MONGO_URL is not set: there is no MongoDB mirror to back up")
-    if output.exists() or manifest_path(output).exists():
-        raise BackupError(f"{output} already exists: choose a new file (a backup never overwrites one)")
-    output.parent.mkdir(parents=True, exist_ok=True)
+    _claim(output)
     partial = output.with_name(output.name + ".partial")
     client = mirror_client()
     counts: dict[str, int] = {}
@@ -253,20 +267,15 @@ def mongo_backup_create(*, output: Path) -> BackupResult:
     finally:
         client.close()
         partial.unlink(missing_ok=True)
-    head = {"seq": verification.head_seq, "hash": verification.head_hash} if verification.head_seq else None
-    manifest = {
-        "format": FORMAT_VERSION,
-        "kind": "mongodb",
-        "sha256": _sha256(output),
-        "size": output.stat().st_size,
-        "created_at": datetime.now(UTC).isoformat(),
-        "collections": counts,
-        "mongo_migrations": migrations,
-        "audit_events": counts["audit_events"],
-        "audit_head": head,
-    }
-    manifest_path(output).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    return BackupResult(output, manifest_path(output), output.stat().st_size, counts["audit_events"])
+    head = _head(verification)
+    return _finish(
+        output,
+        kind="mongodb",
+        audit_events=counts["audit_events"],
+        audit_head=head,
+        collections=counts,
+        mongo_migrations=migrations,
+    )
 
 
 def mongo_backup_restore(*, dump: Path, batch: int = 1000) -> dict[str, Any]:
@@ -325,7 +334,7 @@ def mongo_backup_restore(*, dump: Path, batch: int = 1000) -> dict[str, Any]:
     mongo_migrate()
     if not verification.intact:
         raise BackupError(f"the restored mirror's audit chain is broken: {verification.problem}")
-    head = {"seq": verification.head_seq, "hash": verification.head_hash} if verification.head_seq else None
+    head = _head(verification)
     if head != manifest.get("audit_head"):
         raise BackupError(
             f"restored mirror audit head {head} is not the manifest's {manifest.get('audit_head')}"

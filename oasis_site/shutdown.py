@@ -53,16 +53,12 @@ def socket_closed(consumer: Closable) -> None:
     _sockets.discard(consumer)
 
 
-def open_sockets() -> int:
-    return len(_sockets)
-
-
 async def drain(*, delay_s: float, grace_s: float, busy: Callable[[], int], stop: Callable[[], None]) -> None:
     """Run the graceful stop on the server's event loop. `busy()` counts the connections whose
     application is still running (requests in flight, WebSockets); `stop()` stops the server."""
     _draining.set()
     started = time.monotonic()
-    logger.info("shutdown_draining", websockets=open_sockets(), busy=busy(), delay_s=delay_s, grace_s=grace_s)
+    logger.info("shutdown_draining", websockets=len(_sockets), busy=busy(), delay_s=delay_s, grace_s=grace_s)
     try:
         if delay_s > 0:
             await asyncio.sleep(delay_s)
@@ -86,8 +82,3 @@ async def drain(*, delay_s: float, grace_s: float, busy: Callable[[], int], stop
         )
     finally:
         stop()
-
-
-def reset_for_tests() -> None:
-    _draining.clear()
-    _sockets.clear()

@@ -22,6 +22,7 @@ pytestmark = pytest.mark.django_db
         ({"symbols": "BTCUSDT,NOPEUSDT"}, r"unknown sim symbol\(s\): NOPEUSDT; known: BTCUSDT, ETHUSDT"),
         ({"symbols": " , "}, r"unknown sim symbol\(s\): \(none given\); known: BTCUSDT, ETHUSDT"),
         ({"lookback": -1}, r"--lookback must be 0 or more"),
+        ({"hole_window": -1}, r"--hole-window must be 0 or more \(hours\)"),
     ],
 )
 def test_ingest_refuses_bad_arguments(options, message):

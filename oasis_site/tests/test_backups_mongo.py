@@ -5,6 +5,7 @@ target, a damaged dump and a tampered mirror are refused, naming what is wrong."
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -120,3 +121,28 @@ def test_a_tampered_mirror_is_named_and_not_backed_up(mongo, tmp_path):
     assert refused.returncode != 0
     assert "broken" in refused.stderr
     assert not (tmp_path / "bad.jsonl.gz").exists()
+
+
+def test_without_mongo_url_the_mongo_commands_say_so(settings, tmp_path):
+    from django.core.management import CommandError, call_command
+
+    settings.MONGO_URL = None
+    for args in (
+        ("backup", "--mongo", str(tmp_path / "m.jsonl.gz")),
+        ("restore", "--mongo", str(tmp_path / "m.jsonl.gz")),
+        ("audit_verify", "--mongo"),
+    ):
+        with pytest.raises(CommandError, match="MONGO_URL is not set"):
+            call_command(*args)
+    assert not (tmp_path / "m.jsonl.gz").exists()
+
+
+def test_a_database_dump_is_not_restored_as_a_mirror(mongo, tmp_path):
+    dump = tmp_path / "oasis.sqlite.dump"
+    dump.write_bytes(b"not a mirror")
+    (tmp_path / "oasis.sqlite.dump.manifest.json").write_text(
+        json.dumps({"format": 1, "kind": "sqlite", "sha256": hashlib.sha256(b"not a mirror").hexdigest()})
+    )
+    refused = manage("restore", "--mongo", str(dump), mongo_url=url_of(mongo), tmp_path=tmp_path)
+    assert refused.returncode != 0
+    assert "is a sqlite backup: restore it without --mongo" in refused.stderr

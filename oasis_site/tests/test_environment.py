@@ -139,6 +139,15 @@ def test_database_url_forms():
             "OASIS_BINANCE_WS_URL must use one of the schemes ws, wss",
         ),
         ("OASIS_SIM_REST_URL", "ws://127.0.0.1:9100", "OASIS_SIM_REST_URL must use one of the schemes http"),
+        ("OASIS_SHUTDOWN_DELAY_S", "soon", "OASIS_SHUTDOWN_DELAY_S must be a number of seconds such as 0"),
+        ("OASIS_SHUTDOWN_GRACE_S", "-1", "OASIS_SHUTDOWN_GRACE_S must be between 0 and 600 seconds"),
+        ("OASIS_SHUTDOWN_GRACE_S", "601", "OASIS_SHUTDOWN_GRACE_S must be between 0 and 600 seconds"),
+        (
+            "OASIS_INGEST_METRICS_URL",
+            "ingest:9101",
+            "OASIS_INGEST_METRICS_URL must use one of the schemes http",
+        ),
+        ("OASIS_TRADE_METRICS_URL", "http://", "OASIS_TRADE_METRICS_URL has no host"),
     ],
 )
 def test_bad_values_are_named(name, value, starts):

@@ -41,7 +41,7 @@ from rules.engine.base import CandleSeries
 from rules.engine.evaluator import RuleProgram, offline_signals
 from rules.engine.spec import RuleSpec, SpecError, parse_spec
 from rules.models import RuleConfig, RuleConfigVersion
-from trading.core import backtest, performance
+from trading.core import backtest, decimal_text, performance
 from trading.core.fills import FillModel
 from trading.execution import limits_of
 from trading.models import BacktestRun
@@ -643,16 +643,12 @@ def _parse_part(
     open_us = np.frombuffer(times, dtype=_TIMES).astype(np.int64)
     open_ms = open_us // 1000 + _PG_EPOCH_MS
     flags = np.stack([~_among(open_us, unclosed), _among(open_us, imputed)])
-    count = open_ms.size
-    # numeric_out writes plain digits (no exponent, no spaces), tab- and newline-separated;
-    # numpy reads them with the correctly rounded conversion Python's float() uses.
-    values = np.fromstring(text, dtype=np.float64, sep=" ")
-    if values.size != count * 5:
-        raise ValueError(f"read {values.size} numbers for {count} candles")
-    values = np.ascontiguousarray(values.reshape(count, 5).T)  # one contiguous array a column
-    breaks = np.flatnonzero(np.frombuffer(text, dtype=np.uint8) == 10)
-    starts = np.concatenate([np.zeros(1, np.int64), breaks + 1])
-    ends = np.append(breaks, len(text)).astype(np.int64)
+    # numeric_out writes plain digits (no exponent, no spaces), tab- and newline-separated; they
+    # are read as the correctly rounded floats Python's float() gives.
+    table = decimal_text.read_table(text, 5)
+    if table.starts.size != open_ms.size:
+        raise ValueError(f"read {table.starts.size} lines of prices for {open_ms.size} candles")
+    values, starts, ends = table.values, table.starts, table.ends
     return _Part(open_ms, flags, values, text, starts, ends)
 
 

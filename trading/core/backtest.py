@@ -188,7 +188,7 @@ class BacktestSettings:
         return RuleTerms(self.limits, self.sizing_quote, self.sizing_equity_pct)
 
 
-@dataclass
+@dataclass(slots=True)
 class SimOrder:
     client_order_id: str
     symbol: str
@@ -203,6 +203,9 @@ class SimOrder:
     fill: ExecutedFill | None = None
     signal: SignalEvent | None = None
     protective: str = ""  # "stop_loss" | "take_profit" for those orders
+    # The intent as the checks let it out (what the fill model matches); None: rebuilt from the
+    # fields above (an order handed in by `InitialBook`).
+    intent: OrderIntent | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -329,7 +332,7 @@ def _match(order: SimOrder, market: MarketSymbol, model: FillModel, now: int) ->
     index = market.first_from(order.placed_ms - order.placed_ms % MINUTE_MS)
     if index >= len(opens) or opens[index] + MINUTE_MS > now:
         return None  # no candle of its minute or after is over yet
-    intent = OrderIntent(
+    intent = order.intent or OrderIntent(
         order.client_order_id, order.symbol, order.side, OrderType.MARKET, order.quantity, order.reference
     )
     while index < len(opens) and opens[index] + MINUTE_MS <= now:
@@ -490,6 +493,7 @@ def _place(
         OrderStatus.SUBMITTED,
         signal=signal,
         protective=protective,
+        intent=checked,
     )
     book.open_orders.append(order)
     book.sent.append((order.symbol, now))

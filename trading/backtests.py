@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import gc
 import itertools
+import logging
 from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -46,6 +47,8 @@ from trading.core.fills import FillModel
 from trading.execution import limits_of
 from trading.models import BacktestRun
 from trading.selectors import symbol_filters
+
+logger = logging.getLogger(__name__)
 
 WARMUP_CANDLES = 500  # as the live evaluator's rebuild (rules.evaluation.REBUILD_CANDLES)
 
@@ -556,14 +559,17 @@ _PART_MINUTES = 120_000  # a span read in parts of about this many minutes (a ye
 def _stored_parts(
     symbol_id: int, timeframe: Timeframe, since: datetime, until: datetime
 ) -> Generator[_Read, None, None]:
-    """The span's `_Read`s in time order, one a part. A long span is read in parts,
-    each asked for before the previous one is parsed: PostgreSQL builds the next part while
-    this process parses the last (the server's share of a year's read, 0.45 s, is most of it).
+    """The span's `_Read`s in time order, one a part. A long span is read in parts, each asked
+    for before the previous one is parsed: PostgreSQL builds the next part while this process
+    parses the last (the server's share of a year's read, 0.42 s, is most of it).
 
     libpq runs one statement at a time per connection but does not make the client wait for
-    it: the next part is sent with the connection's own libpq handle (Django's cursor, which
-    waits for each result, cannot overlap), on the same connection and so in the same
-    transaction as everything else. Such statements do not appear in Django's query log."""
+    it: parts are sent with the connection's own libpq handle (Django's cursor, which waits for
+    each result, cannot overlap). Outside a transaction, every other part goes to a second
+    connection of this read's own (`_reader`), so that two server processes build parts at once
+    (each statement reads its own snapshot either way, as any autocommit statement does).
+    Inside one, all parts go through Django's connection, whose transaction may hold candles
+    no other connection can see yet. Such statements do not appear in Django's query log."""
     span_minutes = (until - since) // timedelta(minutes=1)
     count = max(1, min(8, span_minutes // _PART_MINUTES))
     bounds = [since + (until - since) * i / count for i in range(count)] + [until]
@@ -576,37 +582,65 @@ def _stored_parts(
                 times, unclosed, imputed, text = cursor.fetchone()
                 yield _Read(times, unclosed, imputed, None if text is None else text.encode("ascii"))
         return
+    second = None if connection.in_atomic_block else _reader()
+    handles = [pgconn] if second is None else [pgconn, second]
+    in_flight: list[bool] = [False] * len(handles)
 
     def send(index: int) -> None:
         low, high = bounds[index], bounds[index + 1]
         parameters = [str(symbol_id), timeframe.value, low.isoformat(), high.isoformat()]
-        pgconn.send_query_params(_PART_SQL, [p.encode() for p in parameters], result_format=1)
+        handle = index % len(handles)
+        handles[handle].send_query_params(_PART_SQL, [p.encode() for p in parameters], result_format=1)
+        in_flight[handle] = True
 
-    def receive() -> _Read:
-        result, error = pgconn.get_result(), ""
+    def receive(handle: int) -> _Read:
+        conn = handles[handle]
+        result, error = conn.get_result(), ""
         while result is not None:  # one result, then None: the statement is over
             if result.status != psycopg.pq.ExecStatus.TUPLES_OK:
                 error = (result.error_message or b"").decode(errors="replace")
             else:
                 read = _Read(*(result.get_value(0, column) for column in range(4)))
-            result = pgconn.get_result()
+            result = conn.get_result()
+        in_flight[handle] = False
         if error:
             raise psycopg.DatabaseError(f"reading candles of symbol {symbol_id}: {error}")
         return read
 
-    send(0)
-    in_flight = True
     try:
+        for index in range(min(len(handles), count)):
+            send(index)
         for index in range(count):
-            read = receive()
-            in_flight = False
-            if index + 1 < count:
-                send(index + 1)
-                in_flight = True
+            read = receive(index % len(handles))
+            if index + len(handles) < count:
+                send(index + len(handles))
             yield read
     finally:
-        if in_flight:  # abandoned (an error while parsing): leave the connection idle
-            receive()
+        for handle, busy in enumerate(in_flight):
+            if busy:  # abandoned (an error while parsing): leave the connection idle
+                receive(handle)
+        if second is not None:
+            second.finish()
+
+
+def _reader() -> psycopg.pq.abc.PGconn | None:
+    """A second connection to Django's database for one read (closed after it), with the JIT
+    off as `_without_jit` has it for Django's; None (and the read goes through one connection)
+    when it cannot be opened: the server's connection limit, say."""
+    parameters = connection.get_connection_params()
+    conninfo = psycopg.conninfo.make_conninfo(
+        "", **{key: value for key, value in parameters.items() if isinstance(value, str | int)}
+    )
+    reader = psycopg.pq.PGconn.connect(conninfo.encode())
+    if reader.status != psycopg.pq.ConnStatus.OK:
+        logger.warning(
+            "backtest: candles read through one connection, a second did not open: %s",
+            (reader.error_message or b"").decode(errors="replace").strip(),
+        )
+        reader.finish()
+        return None
+    reader.exec_(b"SET jit = off")
+    return reader
 
 
 class _Read(NamedTuple):

@@ -243,13 +243,62 @@ def test_a_long_span_read_in_parts_is_the_same_read(
 ) -> None:
     """On PostgreSQL a long span is read in parts, each asked for while the previous one is
     parsed: the columns and exact prices are those of a read in one statement, a part with no
-    candle included, and a read abandoned half-way leaves the connection usable."""
+    candle included, and a read abandoned half-way leaves the connection usable. Inside a
+    transaction (this test's) every part goes through Django's connection."""
+    _parts_read_the_same(history, monkeypatch, connections=1)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_outside_a_transaction_parts_are_read_over_two_connections(
+    history: tuple[Symbol, datetime, datetime], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Outside a transaction every other part is read by a second connection of the read's
+    own, at the same time: the same columns and exact prices, the second connection closed
+    after the read, also after a read abandoned with parts in flight on both."""
+    _parts_read_the_same(history, monkeypatch, connections=2)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_second_connection_that_does_not_open_leaves_the_read_to_one(
+    history: tuple[Symbol, datetime, datetime],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     from django.db import connection
 
     from trading import backtests
 
     if connection.vendor != "postgresql":
         pytest.skip("the parts are PostgreSQL's")
+    symbol, first, end = history
+    params = connection.get_connection_params()
+    monkeypatch.setattr(connection, "get_connection_params", lambda: {**params, "dbname": "no_such_database"})
+    monkeypatch.setattr(backtests, "_PART_MINUTES", 180)
+    parts = backtests._stored_candles(symbol.pk, Timeframe.M1, since=first, until=end)
+    assert parts.open_ms.size == ROWS
+    assert "a second did not open" in caplog.text
+    assert "no_such_database" in caplog.text
+
+
+def _parts_read_the_same(
+    history: tuple[Symbol, datetime, datetime], monkeypatch: pytest.MonkeyPatch, *, connections: int
+) -> None:
+    from django.db import connection
+
+    from trading import backtests
+
+    if connection.vendor != "postgresql":
+        pytest.skip("the parts are PostgreSQL's")
+    opened: list[Any] = []
+    real_reader = backtests._reader
+
+    def reader() -> Any:
+        second = real_reader()
+        assert second is not None
+        opened.append(second)
+        return second
+
+    monkeypatch.setattr(backtests, "_reader", reader)
     symbol, first, end = history
     Candle.objects.filter(
         symbol=symbol,
@@ -286,5 +335,8 @@ def test_a_long_span_read_in_parts_is_the_same_read(
 
     reading = backtests._stored_parts(symbol.pk, Timeframe.M1, since, until)
     next(reading)
-    reading.close()  # the next part was in flight
+    reading.close()  # the next part was in flight (on each connection, with two)
     assert Candle.objects.filter(symbol=symbol).count() == ROWS - 450
+    in_parts = 4  # the parts listed, `parts`, the JIT check, the abandoned read (`whole` is one)
+    assert len(opened) == (0 if connections == 1 else in_parts)
+    assert all(second.pgconn_ptr is None for second in opened)  # each closed after its read

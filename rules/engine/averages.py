@@ -44,6 +44,7 @@ from rules.engine.recurrence import (
     RollingSumRows,
     chunk_windows,
     from_lanes,
+    lanes_of,
     recur_lanes,
     rolling_sum_into,
     scratch,
@@ -61,8 +62,8 @@ def ema_batch(values: FloatArray, period: int) -> FloatArray:
     seed = sum_in_order(values[:period]) / period
     out[period - 1] = seed
     if values.size > period:
-        lanes = to_lanes(values[period:], 0)
-        recur_lanes(lanes, 1.0 - k, seed, (np.multiply, k))
+        lanes = lanes_of(np.multiply, (values[period:], k), values.size - period, 0)
+        recur_lanes(lanes, 1.0 - k, seed)
         from_lanes(lanes, out[period:])
     return out
 
@@ -234,12 +235,12 @@ class Macd(Indicator[MacdValue, MacdArrays]):
         slow_seed = sum_in_order(close[:slow]) / slow
         line[0] = fast_seed - slow_seed
         if size > slow:
-            slow_lanes = to_lanes(close[slow:], 0)
-            fast_lanes = scratch(1, slow_lanes.size).reshape(slow_lanes.shape)
-            np.copyto(fast_lanes, slow_lanes)
-            for lanes, period_, seed in ((fast_lanes, fast, fast_seed), (slow_lanes, slow, slow_seed)):
+            both = []
+            for slot, period_, seed in ((1, fast, fast_seed), (0, slow, slow_seed)):
                 k = 2.0 / (period_ + 1)
-                recur_lanes(lanes, 1.0 - k, seed, (np.multiply, k))
+                both.append(lanes_of(np.multiply, (close[slow:], k), size - slow, slot))
+                recur_lanes(both[-1], 1.0 - k, seed)
+            fast_lanes, slow_lanes = both
             from_lanes(np.subtract(fast_lanes, slow_lanes, out=fast_lanes), line[1:])
         if period == 1:  # k = 1: the signal is the line itself
             signal[start:] = macd[start:]
@@ -248,8 +249,8 @@ class Macd(Indicator[MacdValue, MacdArrays]):
             seed = sum_in_order(line[:period]) / period
             signal[start] = seed
             if size > start + 1:
-                lanes = to_lanes(line[period:], 0)
-                recur_lanes(lanes, 1.0 - k, seed, (np.multiply, k))
+                lanes = lanes_of(np.multiply, (line[period:], k), line.size - period, 0)
+                recur_lanes(lanes, 1.0 - k, seed)
                 from_lanes(lanes, signal[start + 1 :])
         macd[slow - 1 : start] = np.nan
         np.subtract(macd[start:], signal[start:], out=histogram[start:])

@@ -38,6 +38,7 @@ from rules.engine.base import (
 from rules.engine.recurrence import (
     RecurrenceRows,
     from_lanes,
+    lanes_of,
     linear_recurrence,
     recur_lanes,
     scratch,
@@ -155,8 +156,9 @@ class Rsi(Indicator[float, FloatArray]):
             changes = to_lanes(change[n:], 0)
             gains, losses = _split_change(changes, scratch(1, changes.size).reshape(changes.shape))
             a = (n - 1) / n
-            recur_lanes(gains, a, gain, (np.divide, n))
-            recur_lanes(losses, a, loss, (np.divide, n))
+            for lanes, seed in ((gains, gain), (losses, loss)):
+                np.divide(lanes, n, out=lanes)
+                recur_lanes(lanes, a, seed)
             from_lanes(_rsi(gains, losses), out[n + 1 :])
         return out
 
@@ -207,8 +209,8 @@ class Atr(Indicator[float, FloatArray]):
         seed = sum_in_order(true_range[:n]) / n
         out[n] = seed
         if len(candles) > n + 1:
-            lanes = to_lanes(true_range[n:], 0)
-            recur_lanes(lanes, (n - 1) / n, seed, (np.divide, n))
+            lanes = lanes_of(np.divide, (true_range[n:], float(n)), true_range.size - n, 0)
+            recur_lanes(lanes, (n - 1) / n, seed)
             from_lanes(lanes, out[n + 1 :])
         return out
 
@@ -298,8 +300,8 @@ class Adx(Indicator[float, FloatArray]):
         # Where DX is undefined the ADX is held: those candles are not steps of its smoothing.
         held = np.isnan(dx[n:])
         if not held.any():
-            lanes = to_lanes(dx[n:], 0)
-            recur_lanes(lanes, a, seed, (np.divide, n))
+            lanes = lanes_of(np.divide, (dx[n:], float(n)), dx.size - n, 0)
+            recur_lanes(lanes, a, seed)
             from_lanes(lanes, out[2 * n :])
         else:
             stepped = np.empty(dx.size - n - int(held.sum()) + 1)

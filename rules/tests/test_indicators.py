@@ -239,6 +239,23 @@ def test_chunked_recurrence_is_a_plain_loop_up_to_rounding(a: float, b: list[flo
     np.testing.assert_allclose(chunked, plain, rtol=1e-12, atol=1e-12 * scale)
 
 
+@given(size=st.integers(1, 400), chunk=st.sampled_from([1, 3, 7]), data=st.data())
+@PROPERTIES
+def test_lanes_of_is_the_operation_then_the_lane_layout(size: int, chunk: int, data: st.DataObject) -> None:
+    """The fused transposition (blocks of 32 chunks, the rest, the padded last chunk) puts every
+    op(x, y) or op(x, c) where `to_lanes` puts x."""
+    values = st.floats(-1e4, 1e4, allow_subnormal=False)
+    x = np.array(data.draw(st.lists(values, min_size=size + 1, max_size=size + 1)))
+    constant = data.draw(values)
+    with chunk_of(chunk):
+        expected = recurrence.to_lanes(np.subtract(x[1:], x[:-1]), 0).copy()
+        fused = recurrence.lanes_of(np.subtract, (x[1:], x[:-1]), size, 1)
+        np.testing.assert_array_equal(fused.view(np.uint64), expected.view(np.uint64))
+        expected = recurrence.to_lanes(np.multiply(x[:size], constant), 0).copy()
+        fused = recurrence.lanes_of(np.multiply, (x, constant), size, 1)
+        np.testing.assert_array_equal(fused.view(np.uint64), expected.view(np.uint64))
+
+
 def flat_candles(size: int, price: float = 100.0) -> CandleSeries:
     return CandleSeries.from_columns(
         open_time_ms=DAY_MS * 19_417 + MINUTE_MS * np.arange(size),

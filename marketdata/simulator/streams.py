@@ -9,9 +9,16 @@ One ticker task drives every subscribed stream, in three steps per tick:
    long before it closes, so step 3 of an earlier tick has already built and serialised them
    (once per stream, shared by every subscriber); the burst only queues and writes. Finals
    not prepared in time (just subscribed, faults changed) are built after the others left.
-2. Updates of the forming candles, when they changed.
-3. Preparing the next final of every stream (rebuilt if the faults changed since), and the
-   next 4-hour chunk of subscribed symbols shortly before it is needed.
+2. Updates of the forming candles, when they changed. Right after a close, that is the first
+   update of every new candle: prepared ahead too (its values at the close instant are as
+   fixed as the final's), so it follows the finals without being built in the burst.
+3. Preparing the next final and the next candle's first update of every stream (rebuilt if
+   the faults changed since), and the next 4-hour chunk of subscribed symbols shortly before
+   it is needed. After a close burst this waits `_AFTER_BURST_S` (at most a quarter of the
+   time to the next boundary): building a thousand finals and updates takes tens of ms of
+   CPU, which would otherwise compete with the burst's receivers on the machine they share
+   with the simulator (tests, benchmarks); an exchange's own work never takes our cores, and
+   the preparing has the rest of the candle to get done.
 
 Steps 2 and 3 run in slices of a few milliseconds and yield to the event loop between them;
 when the next minute boundary (a possible close) comes during them, they stop and the ticker
@@ -75,6 +82,8 @@ _DRAIN_POLL_S = 0.005  # how often a writer blocked by a full buffer looks again
 # 4 ms pauses every 8 ms, which is the simulator's latency, not the exchange's.
 _SEND_BUFFER_BYTES = 4 * 1024 * 1024
 _SLICE_S = 0.002  # background work (updates, preparing finals) between two yields
+# Wall time a close burst gets to reach its clients before the next ones are prepared (step 3).
+_AFTER_BURST_S = 0.1
 _CLOSE_POLICY = 1008
 _KLINE_HEAD = b'{"e":"kline","E":'
 _E_DIGITS = 13  # wall-clock ms have 13 digits from 2001 to 2286
@@ -146,6 +155,16 @@ class PreparedFinal:
     late_final: Frame | None = None
 
 
+@dataclass(slots=True)
+class PreparedUpdate:
+    """The update a stream sends at update key `key` (see `StreamHub._update`), built ahead
+    under fault settings `generation`: the first update of the candle opening at `key[0]`."""
+
+    key: tuple[int, int]
+    generation: int
+    frames: list[Frame]
+
+
 @dataclass(eq=False)
 class KlineStream:
     name: str
@@ -157,6 +176,7 @@ class KlineStream:
     last_update: tuple[int, int] | None = None
     late_finals: list[Frame] = field(default_factory=list)
     prepared: PreparedFinal | None = None
+    prepared_update: PreparedUpdate | None = None
 
     def frame(self, body: bytes, *, first_half: bool = False) -> Frame:
         """A frame of the event `{"e":"kline","E":…,` + the rest of `body` (the event's other
@@ -579,16 +599,29 @@ class StreamHub:
         """Everything simulated time `now_ms` calls for: the close burst, the updates, and the
         finals of the next closes prepared. False when a minute boundary came before the
         background part finished (the rest waits for the next tick)."""
-        self.send_closes(now_ms)
-        return await self.send_updates(now_ms) and await self.prepare(now_ms)
+        burst = self.send_closes(now_ms)
+        if not await self.send_updates(now_ms):
+            return False
+        if burst:
+            boundary = floor_to(now_ms, MINUTE_MS) + MINUTE_MS
+            await self._let_burst_through(boundary)
+            now_ms = max(now_ms, self.clock.now_ms())
+            if now_ms >= boundary:
+                return False
+        return await self.prepare(now_ms)
 
-    def send_closes(self, now_ms: int) -> None:
+    async def _let_burst_through(self, boundary: int) -> None:
+        """Wait before preparing the next closes (step 3 of the module docstring)."""
+        await asyncio.sleep(min(_AFTER_BURST_S, self.clock.seconds_until(boundary) / 4))
+
+    def send_closes(self, now_ms: int) -> int:
         """The close burst: the final frames of every candle closed by `now_ms`, queued for
-        every subscriber and handed to the sockets (E stamped frame by frame as written)."""
+        every subscriber and handed to the sockets (E stamped frame by frame as written).
+        Returns how many streams closed a candle."""
         with _gc_paused():
-            self._send_closes(now_ms)
+            return self._send_closes(now_ms)
 
-    def _send_closes(self, now_ms: int) -> None:
+    def _send_closes(self, now_ms: int) -> int:
         pending: dict[Connection, list[Frame]] = {}
         behind: list[KlineStream] = []  # finals not prepared: built once the others are out
         queued = 0
@@ -609,6 +642,7 @@ class StreamHub:
             if queued % _BURST_FLUSH_STREAMS == 0:
                 _send(pending)
         _send(pending)
+        return queued
 
     def _queue_closes(self, stream: KlineStream, now_ms: int, pending: dict[Connection, list[Frame]]) -> None:
         """Add to `pending` the finals of every candle of `stream` closed by `now_ms`, as
@@ -653,16 +687,26 @@ class StreamHub:
         return True
 
     async def prepare(self, now_ms: int) -> bool:
-        """Build the next final of every stream that has none (or one built under other fault
-        settings), then prefetch the next 4-hour chunk of subscribed symbols when it is near;
-        stops at the next minute boundary."""
+        """Build the next final of every stream and the first update of the candle after it,
+        where there is none (or one built under other fault settings), then prefetch the next
+        4-hour chunk of subscribed symbols when it is near; stops at the next minute boundary."""
         pacer = _Pacer(self.clock, now_ms)
+        generation = self.faults.generation
         for stream in list(self.streams.values()):
             open_ms = stream.last_final_open + stream.interval_ms
-            if self._is_prepared(stream, open_ms):
-                continue
-            stream.prepared = self._build_final(stream, open_ms)
-            if pacer.slice_over() and not await pacer.pause():
+            built = False
+            if not self._is_prepared(stream, open_ms):
+                stream.prepared = self._build_final(stream, open_ms)
+                built = True
+            close_ms = open_ms + stream.interval_ms
+            key = (close_ms, close_ms // MINUTE_MS * CHECKPOINTS)  # checkpoint 0 of its minute
+            update = stream.prepared_update
+            if update is None or update.key != key or update.generation != generation:
+                stream.prepared_update = PreparedUpdate(
+                    key, generation, self._build_update(stream, close_ms, key)
+                )
+                built = True
+            if built and pacer.slice_over() and not await pacer.pause():
                 return False
         return await self._prefetch(now_ms, pacer)
 
@@ -696,12 +740,25 @@ class StreamHub:
         if update_key == stream.last_update or self.faults.is_silenced(stream.name, current_open):
             return []
         stream.last_update = update_key
-        body = _body(stream, self.market.forming(stream.spec, length, now_ms))
-        frames: list[Frame] = []
-        self._inject_malformed(stream, frames, body, current_open, update_key[1])
-        frames.append(stream.frame(orjson.dumps(body)))
+        prepared = stream.prepared_update
+        if (
+            prepared is not None
+            and prepared.key == update_key
+            and prepared.generation == self.faults.generation
+        ):
+            frames = list(prepared.frames)
+        else:
+            frames = self._build_update(stream, now_ms, update_key)
         frames.extend(stream.late_finals)
         stream.late_finals.clear()
+        return frames
+
+    def _build_update(self, stream: KlineStream, now_ms: int, update_key: tuple[int, int]) -> list[Frame]:
+        """The frames of the forming candle's update at `now_ms` (its key `update_key`)."""
+        body = _body(stream, self.market.forming(stream.spec, stream.interval_ms, now_ms))
+        frames: list[Frame] = []
+        self._inject_malformed(stream, frames, body, update_key[0], update_key[1])
+        frames.append(stream.frame(orjson.dumps(body)))
         return frames
 
     def _inject_malformed(

@@ -596,3 +596,72 @@ def test_a_truncated_frame_is_the_first_half_of_the_stamped_event():
     assert frame.head + str(stamp).encode() + frame.tail == whole[: len(whole) // 2]
     wrapped = frame.combined_head + str(stamp).encode() + frame.combined_tail
     assert wrapped == b'{"stream":"btcusdt@kline_1m","data":' + whole[: len(whole) // 2] + b"}"
+
+
+@pytest.mark.asyncio
+async def test_the_first_update_after_a_close_is_prepared_ahead(monkeypatch):
+    exchange, hub, _wall, transport, connection = offline_hub()
+    hub.subscribe(connection, ["btcusdt@kline_1m", "ethusdt@kline_1m"])
+    assert await hub.prepare(START + 1_000)
+    close = START + MINUTE_MS
+    with monkeypatch.context() as patch:
+        # At the close the market is not asked: the finals and the new candles' first
+        # updates were built by `prepare`.
+        patch.setattr(exchange.market, "closed", None)
+        patch.setattr(exchange.market, "forming", None)
+        assert hub.send_closes(close + 10) == 2
+        assert await hub.send_updates(close + 10)
+    events = [orjson.loads(message) for data in transport.writes for message in ws_messages(data)]
+    assert [(e["s"], e["k"]["x"], e["k"]["t"]) for e in events] == [
+        ("BTCUSDT", True, START),
+        ("ETHUSDT", True, START),
+        ("BTCUSDT", False, close),
+        ("ETHUSDT", False, close),
+    ]
+    for event in events[2:]:
+        # The same update as one built at the moment it is sent.
+        forming = exchange.market.forming(exchange.market.symbol(event["s"]), MINUTE_MS, close + 10)
+        assert event["k"] == orjson.loads(orjson.dumps(forming.stream_payload(event["s"], "1m")))
+    # A later checkpoint of the same candle is built when it is due, not taken from `prepare`.
+    transport.writes.clear()
+    later = close + 1_500
+    assert await hub.send_updates(later)
+    events = [orjson.loads(message) for data in transport.writes for message in ws_messages(data)]
+    assert [e["k"]["c"] for e in events] == [
+        exchange.market.forming(exchange.market.symbol(e["s"]), MINUTE_MS, later).stream_payload(
+            e["s"], "1m"
+        )["c"]
+        for e in events
+    ]
+    assert len(events) == 2
+
+
+@pytest.mark.asyncio
+async def test_a_close_tick_prepares_the_next_closes_only_after_its_burst_went_out(monkeypatch):
+    _exchange, hub, _wall, transport, connection = offline_hub()
+    hub.subscribe(connection, ["btcusdt@kline_1m"])
+    assert await hub.prepare(START + 1_000)
+    steps: list[str] = []
+    build_final, let_through = hub._build_final, hub._let_burst_through
+
+    def recording_build(stream, open_ms):
+        steps.append(f"build {open_ms - START}")
+        return build_final(stream, open_ms)
+
+    async def recording_wait(boundary):
+        steps.append(f"wait, {len(transport.writes)} writes out")
+        await let_through(boundary)
+
+    monkeypatch.setattr(hub, "_build_final", recording_build)
+    monkeypatch.setattr(hub, "_let_burst_through", recording_wait)
+    assert await hub.tick(START + MINUTE_MS)
+    assert steps == ["wait, 2 writes out", f"build {MINUTE_MS}"]  # the burst, its update, then the next final
+    stream = hub.streams["btcusdt@kline_1m"]
+    assert stream.prepared is not None
+    assert stream.prepared.open_ms == START + MINUTE_MS
+    assert stream.prepared_update is not None
+    assert stream.prepared_update.key[0] == START + 2 * MINUTE_MS
+    # A tick without a close does not wait.
+    steps.clear()
+    assert await hub.tick(START + MINUTE_MS + 20_000)
+    assert steps == []

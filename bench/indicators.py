@@ -6,7 +6,10 @@ function on the same arrays, their ratio, and the median cost of one incremental
 candle, measured over the first 100,000 candles of the year, Python call overhead included).
 Parsing the CSV and building float64 arrays (the Decimal edge) are outside the timed region.
 
-    .venv/bin/python bench/indicators.py [--runs 7]
+    .venv/bin/python bench/indicators.py [--runs 7] [--only EMA,SMA] [--batch-only]
+
+--only keeps the indicators whose name starts with one of the given prefixes; --batch-only skips
+the incremental column (most of the script's time).
 """
 
 from __future__ import annotations
@@ -88,6 +91,8 @@ def update_cost(indicator: Indicator[Any, Any], candles: CandleSeries, runs: int
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--only", default="", help="comma-separated name prefixes, e.g. EMA,SMA")
+    parser.add_argument("--batch-only", action="store_true", help="skip the incremental column")
     args = parser.parse_args()
     candles = read_year(CSV)
     high, low, close = candles.high, candles.low, candles.close
@@ -106,15 +111,18 @@ def main() -> None:
         ),
         ("VWAP (UTC day)", Vwap(), None),
     ]
+    prefixes = tuple(prefix.strip().upper() for prefix in args.only.split(",") if prefix.strip())
+    if prefixes:
+        cases = [case for case in cases if case[0].upper().startswith(prefixes)]
     print(f"{len(candles):,} 1m candles, median of {args.runs} runs")
-    print(f"{'indicator':<16}{'batch ms':>10}{'TA-Lib ms':>11}{'ratio':>8}{'update µs':>11}")
+    print(f"{'indicator':<16}{'batch ms':>10}{'TA-Lib ms':>11}{'ratio':>9}{'update µs':>11}")
     for name, indicator, reference in cases:
         ours = median_time(partial(indicator.batch, candles), args.runs) * 1e3
         theirs = median_time(reference, args.runs) * 1e3 if reference else float("nan")
-        ratio = f"{ours / theirs:7.1f}x" if reference else "-"
+        ratio = f"{ours / theirs:7.2f}x" if reference else "-"
         reference_ms = f"{theirs:11.2f}" if reference else f"{'-':>11}"
-        cost = update_cost(indicator, candles, max(3, args.runs // 2))
-        print(f"{name:<16}{ours:10.2f}{reference_ms}{ratio:>8}{cost:11.2f}")
+        cost = float("nan") if args.batch_only else update_cost(indicator, candles, max(3, args.runs // 2))
+        print(f"{name:<16}{ours:10.2f}{reference_ms}{ratio:>9}{cost:11.2f}")
 
 
 if __name__ == "__main__":

@@ -43,8 +43,6 @@ from rules.engine.base import BoolArray, FloatArray, RowIndex, RowState, nan_pre
 
 CHUNK = 128
 SUMMED_IN_ORDER = 4  # windows this short are summed in order at every output (no running total)
-_TILE = 64  # chunks per block of the transposing copy in `to_lanes`
-_BLOCK = 32  # chunks per block of the transposing operation in `lanes_of`
 _KEPT_AT_MOST = 1 << 21  # elements of a scratch array kept between calls (16 MB)
 
 
@@ -93,47 +91,23 @@ def to_lanes(values: FloatArray, slot: int) -> FloatArray:
     """values laid out as (rows, chunks) in scratch `slot`: column j holds chunk j,
     values[j·rows:(j+1)·rows], and 0.0 past the end. One numpy operation on a row then steps every
     chunk at once."""
-    rows, chunks = lanes_shape(values.size)
-    lanes = scratch(slot, rows * chunks).reshape(rows, chunks)
-    full = values.size // rows
-    laid = values[: full * rows].reshape(full, rows)
-    # Transposed in blocks of _TILE chunks: the rows of `laid` a block reads stay in cache.
-    for start in range(0, full, _TILE):
-        stop = min(start + _TILE, full)
-        np.copyto(lanes[:, start:stop], laid[start:stop].T)
-    if full < chunks:
-        rest = values.size - full * rows
-        lanes[:rest, full] = values[full * rows :]
-        lanes[rest:, full] = 0.0
-    return lanes
-
-
-def _in_blocks(operand: FloatArray | float, start: int, stop: int, rows: int) -> FloatArray | float:
-    """Chunks start…stop-1 of a series operand as (blocks, rows, chunks of a block); floats as
-    they are."""
-    if isinstance(operand, float):
-        return operand
-    width = min(_BLOCK, stop - start)
-    return operand[start * rows : stop * rows].reshape(-1, width, rows).transpose(0, 2, 1)
+    return lanes_of(np.positive, (values,), values.size, slot)
 
 
 def lanes_of(op: np.ufunc, operands: tuple[FloatArray | float, ...], size: int, slot: int) -> FloatArray:
     """op(*operands)[:size] laid out as `to_lanes` lays out a series, in scratch `slot`: the
-    operation and the transposition in one numpy call (an EMA's k·x, Wilder's x/n). Operands are
-    series (at least `size` values, from their start) or floats.
+    operation and the transposition in one numpy call (an EMA's k·x, Wilder's x/n, a price
+    change). Operands are series (at least `size` values, from their start) or floats.
 
-    The transposing call iterates block by block (`order="C"` over (blocks, rows, _BLOCK)
-    views), so the _BLOCK rows of the series a block reads stay in cache; op(x, c) this way costs
-    less than the plain tiled copy of `to_lanes` followed by op on each row."""
+    The call iterates in Fortran order over the lanes: the inner loop reads one chunk of the
+    series in order and writes it down a column, so the few cache lines it writes to are the same
+    for the next chunks (twice as fast here as numpy's own transposing copy, which reads a
+    column of the series with a stride of one chunk)."""
     rows, chunks = lanes_shape(size)
     lanes = scratch(slot, rows * chunks).reshape(rows, chunks)
     full = size // rows
-    blocked = full - full % _BLOCK
-    for start, stop in ((0, blocked), (blocked, full)):
-        if stop > start:
-            width = min(_BLOCK, stop - start)
-            out = lanes[:, start:stop].reshape(rows, -1, width).transpose(1, 0, 2)
-            op(*(_in_blocks(operand, start, stop, rows) for operand in operands), out=out, order="C")
+    laid = (o if isinstance(o, float) else o[: full * rows].reshape(full, rows).T for o in operands)
+    op(*laid, out=lanes[:, :full], order="F")
     if full < chunks:
         rest = size - full * rows
         ends = (o if isinstance(o, float) else o[full * rows : size] for o in operands)

@@ -44,12 +44,12 @@ from rules.engine.recurrence import (
     RollingSumRows,
     chunk_windows,
     from_lanes,
+    lanes_after_first,
     lanes_of,
     recur_lanes,
     rolling_sum_into,
     scratch,
     sum_in_order,
-    to_lanes,
 )
 
 
@@ -342,14 +342,12 @@ class BollingerBands(Indicator[BandsValue, BandsArrays]):
         np.divide(mean, n, out=mean)
         # Welford's sliding update of the sum of squared deviations, in the step form's order.
         newest, oldest = x[n:], x[:-n]
-        steps = scratch(1, mean.size)
-        steps[0] = 0.0  # replaced by the exact sum below
-        np.subtract(newest, mean[1:], out=steps[1:])
+        deviations = np.subtract(newest, mean[1:], out=scratch(1, oldest.size))
         spread = np.subtract(oldest, mean[:-1], out=scratch(2, oldest.size))
-        np.add(steps[1:], spread, out=steps[1:])
+        np.add(deviations, spread, out=deviations)
         np.subtract(newest, oldest, out=spread)
-        np.multiply(spread, steps[1:], out=steps[1:])
-        squares = to_lanes(steps, 0)
+        # spread · deviations is laid out into lanes by the same call; row 0 is the exact sums.
+        squares = lanes_after_first(np.multiply, (spread, deviations), mean.size, 0)
         rows, chunks = squares.shape
         starts = mean[::rows][:chunks]
         exact = np.zeros(chunks)

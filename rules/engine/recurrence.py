@@ -97,14 +97,38 @@ def to_lanes(values: FloatArray, slot: int) -> FloatArray:
 def lanes_of(op: np.ufunc, operands: tuple[FloatArray | float, ...], size: int, slot: int) -> FloatArray:
     """op(*operands)[:size] laid out as `to_lanes` lays out a series, in scratch `slot`: the
     operation and the transposition in one numpy call (an EMA's k·x, Wilder's x/n, a price
-    change). Operands are series (at least `size` values, from their start) or floats.
+    change). Operands are series (at least `size` values, from their start) or floats."""
+    rows, chunks = lanes_shape(size)
+    lanes = scratch(slot, rows * chunks).reshape(rows, chunks)
+    fill_lanes(op, operands, size, lanes)
+    return lanes
+
+
+def lanes_after_first(
+    op: np.ufunc, operands: tuple[FloatArray | float, ...], size: int, slot: int
+) -> FloatArray:
+    """Lanes of `size` steps (`lanes_shape(size)`, in scratch `slot`) whose step q ≥ 1 is
+    op(*operands)[q-1], for the caller to write row 0 (the first step of every chunk), which is
+    left as it was: a window's change from one output to the next, where each chunk starts from
+    an exact sum.
+
+    The values are laid out from the second row of a buffer one row taller than the lanes, so
+    each lands at its own step without a shifted copy (the one that would wrap to the next
+    chunk's row 0 goes to the extra row)."""
+    rows, chunks = lanes_shape(size)
+    taller = scratch(slot, (rows + 1) * chunks).reshape(rows + 1, chunks)
+    fill_lanes(op, operands, size - 1, taller[1:])
+    return taller[:rows]
+
+
+def fill_lanes(op: np.ufunc, operands: tuple[FloatArray | float, ...], size: int, lanes: FloatArray) -> None:
+    """`lanes_of` into a given (rows, chunks) array: 0.0 past `size`.
 
     The call iterates in Fortran order over the lanes: the inner loop reads one chunk of the
     series in order and writes it down a column, so the few cache lines it writes to are the same
     for the next chunks (twice as fast here as numpy's own transposing copy, which reads a
     column of the series with a stride of one chunk)."""
-    rows, chunks = lanes_shape(size)
-    lanes = scratch(slot, rows * chunks).reshape(rows, chunks)
+    rows, chunks = lanes.shape
     full = size // rows
     laid = (o if isinstance(o, float) else o[: full * rows].reshape(full, rows).T for o in operands)
     op(*laid, out=lanes[:, :full], order="F")
@@ -113,7 +137,7 @@ def lanes_of(op: np.ufunc, operands: tuple[FloatArray | float, ...], size: int, 
         ends = (o if isinstance(o, float) else o[full * rows : size] for o in operands)
         op(*ends, out=lanes[:rest, full])
         lanes[rest:, full] = 0.0
-    return lanes
+        lanes[:, full + 1 :] = 0.0
 
 
 def from_lanes(lanes: FloatArray, out: FloatArray) -> None:
@@ -216,15 +240,11 @@ def chunk_windows(values: FloatArray, n: int, rows: int, chunks: int) -> FloatAr
 
 
 def window_sums(values: FloatArray, n: int, slot: int) -> FloatArray:
-    """Lanes (`to_lanes`, in scratch `slot`; `slot` + 1 is used on the way) of the sums of
-    values[q…q+n-1] for q = 0…size-n, as `RollingSumRows` computes them:
-    t[q] = t[q-1] + (values[q+n-1] - values[q-1]), except at the first output of each chunk
-    (q = j·CHUNK), where the window is summed in order. Needs size ≥ n."""
-    outputs = values.size - (n - 1)
-    steps = scratch(slot + 1, outputs)
-    steps[0] = 0.0  # replaced by the exact sum below
-    np.subtract(values[n:], values[:-n], out=steps[1:])
-    lanes = to_lanes(steps, slot)
+    """Lanes (`to_lanes`, in scratch `slot`) of the sums of values[q…q+n-1] for q = 0…size-n,
+    as `RollingSumRows` computes them: t[q] = t[q-1] + (values[q+n-1] - values[q-1]), except at
+    the first output of each chunk (q = j·CHUNK), where the window is summed in order. Needs
+    size ≥ n."""
+    lanes = lanes_after_first(np.subtract, (values[n:], values[:-n]), values.size - (n - 1), slot)
     rows, chunks = lanes.shape
     exact = np.zeros(chunks)
     for column in chunk_windows(values, n, rows, chunks).T:

@@ -23,7 +23,6 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-import aiohttp
 import structlog
 
 from marketdata.core.buffers import Gap, Outcome, StreamBuffer
@@ -38,7 +37,7 @@ from marketdata.ingest.metrics import (
     GAPS_BACKFILLED,
 )
 from marketdata.ingest.rest import KlineHistory
-from marketdata.ingest.websocket import StreamConnection, market_data_socket
+from marketdata.ingest.websocket import StreamConnection
 from marketdata.ingest.writer import CandleWriter
 from marketdata.services import CandleWrite
 
@@ -131,27 +130,24 @@ class IngestEngine:
         all_keys = list(self._buffers)
         per_connection = self._profile.max_streams_per_connection
         try:
-            connector = aiohttp.TCPConnector(socket_factory=market_data_socket)
-            async with aiohttp.ClientSession(connector=connector) as session:
-                connections = []
-                for index in range(0, len(all_keys), per_connection):
-                    keys = all_keys[index : index + per_connection]
-                    connections.append(
-                        StreamConnection(
-                            profile=self._profile,
-                            streams=[stream_name(*key) for key in keys],
-                            on_frame=self.on_frame,
-                            on_connected=lambda keys=keys: self._catch_up(keys),  # type: ignore[misc]
-                            session=session,
-                            label=f"{self._profile.name}#{index // per_connection + 1}",
-                        )
+            connections = []
+            for index in range(0, len(all_keys), per_connection):
+                keys = all_keys[index : index + per_connection]
+                connections.append(
+                    StreamConnection(
+                        profile=self._profile,
+                        streams=[stream_name(*key) for key in keys],
+                        on_frame=self.on_frame,
+                        on_connected=lambda keys=keys: self._catch_up(keys),  # type: ignore[misc]
+                        label=f"{self._profile.name}#{index // per_connection + 1}",
                     )
-                for conn in connections:
-                    for name in conn.streams:
-                        self._connections[name] = conn
-                tasks = [asyncio.create_task(conn.run(stop)) for conn in connections]
-                tasks.append(asyncio.create_task(self._watch(stop)))
-                await asyncio.gather(*tasks)
+                )
+            for conn in connections:
+                for name in conn.streams:
+                    self._connections[name] = conn
+            tasks = [asyncio.create_task(conn.run(stop)) for conn in connections]
+            tasks.append(asyncio.create_task(self._watch(stop)))
+            await asyncio.gather(*tasks)
         finally:
             if self._gap_tasks and self._backfill_drain_s > 0:
                 # A graceful stop: what is being backfilled is written by this instance.

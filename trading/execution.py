@@ -35,8 +35,8 @@ from trading.brokers.dry_run import DryRunBroker
 from trading.core import decisions, risk, tripwires
 from trading.core.identifiers import client_order_id
 from trading.core.types import KillSwitchState, OrderIntent, OrderType, Refusal, Side
-from trading.killswitch import killswitch_trip
-from trading.models import Mode, Order
+from trading.killswitch import killswitch_trip, killswitch_view
+from trading.models import EquitySnapshot, Mode, Order
 from trading.reconciliation import reconcile, with_fills
 
 logger = structlog.get_logger(__name__)
@@ -225,21 +225,44 @@ class ExecutionLoop:
         )
         since = now - self.config.latency_window
         equity = selectors.latest_equity(self.config.mode)
+        stalest_ms, stalest_symbol = self._stalest_data(traded)
         trips = tripwires.evaluate(
             self._thresholds,
             now_ms=self._now_ms(),
             errors=self.errors,
             ingest_latencies_ms=selectors.ingest_latencies_ms(since=since) if traded else (),
             order_latencies_ms=selectors.order_latencies_ms(mode=self.config.mode, since=since),
-            equity=[equity.peak_equity, equity.equity] if equity else (),
-            # No candle yet counts from the loop's start: a fresh install is not "stale".
-            newest_candle_close_ms=(selectors.newest_candle_close_ms(traded) or self._started_ms)
-            if traded
-            else None,
+            equity=[self._drawdown_peak(equity), equity.equity] if equity else (),
+            newest_candle_close_ms=stalest_ms,
+            stale_symbol=stalest_symbol,
         )
         if trips and killswitch_trip(trips) is not None:
             logger.warning("kill_switch_tripped", trips=[t.reason for t in trips])
         return [trip.tripwire for trip in trips]
+
+    def _stalest_data(self, traded: list[int]) -> tuple[int | None, str]:
+        """The stale-data tripwire's input: the symbol whose newest closed 1m candle is oldest,
+        and when that candle closed. Each traded symbol counts: one feed that stops while the
+        others go on is stale data for that symbol's rules. A symbol with no candle yet counts
+        from the loop's start (a fresh install is not stale, a feed that never starts becomes
+        so)."""
+        closes = selectors.newest_candle_closes_ms(traded) if traded else {}
+        if not closes:
+            return None, ""
+        ages = {name: close_ms or self._started_ms for name, close_ms in closes.items()}
+        name = min(ages, key=lambda symbol: (ages[symbol], symbol))
+        return ages[name], name
+
+    def _drawdown_peak(self, latest: EquitySnapshot) -> Decimal:
+        """The peak the drawdown tripwire measures from: the account's, or, once a person has
+        released the switch, the highest equity since then. A release accepts the drawdown as
+        it stood (otherwise the next check would trip again at once, on the same loss); from
+        there a new fall of the limit trips it again."""
+        switch = killswitch_view()
+        if switch.state is not KillSwitchState.ACTIVE or switch.since is None:
+            return latest.peak_equity
+        since_release = selectors.peak_equity_since(self.config.mode, since=switch.since)
+        return latest.equity if since_release is None else max(since_release, latest.equity)
 
     # Signals ---------------------------------------------------------------------------------
 

@@ -98,12 +98,20 @@ def last_prices(symbol_ids: Iterable[int], *, as_of: datetime | None = None) -> 
     }
 
 
-def newest_candle_close_ms(symbol_ids: Iterable[int]) -> int | None:
-    """When the newest closed 1m candle of any of the symbols closed (None: no candle at all)."""
+def newest_candle_closes_ms(symbol_ids: Iterable[int]) -> dict[str, int | None]:
+    """When each symbol's newest closed 1m candle closed, by symbol name (None: no candle at
+    all). One index probe a symbol (backwards on symbol, timeframe, open time), not a scan of
+    their candles."""
     newest = Candle.objects.filter(
-        symbol_id__in=list(symbol_ids), timeframe=Timeframe.M1.value, is_closed=True
-    ).aggregate(open_time=Max("open_time"))["open_time"]
-    return None if newest is None else ms_from_datetime(newest) + Timeframe.M1.ms
+        symbol=OuterRef("pk"), timeframe=Timeframe.M1.value, is_closed=True
+    ).order_by("-open_time")
+    rows = Symbol.objects.filter(id__in=list(symbol_ids)).annotate(
+        newest=Subquery(newest.values("open_time")[:1])
+    )
+    return {
+        name: None if open_time is None else ms_from_datetime(open_time) + Timeframe.M1.ms
+        for name, open_time in rows.values_list("symbol", "newest")
+    }
 
 
 def ingest_latencies_ms(*, since: datetime, limit: int = 5000) -> list[float]:
@@ -202,6 +210,16 @@ def undecided_signals(*, since: datetime, limit: int) -> list[Signal]:
 
 def latest_equity(mode: str) -> EquitySnapshot | None:
     return EquitySnapshot.objects.filter(mode=mode).order_by("-taken_at", "-id").first()
+
+
+def peak_equity_since(mode: str, *, since: datetime) -> Decimal | None:
+    """The highest equity snapshotted at or after `since`, exactly as stored (None: none since)."""
+    return (
+        EquitySnapshot.objects.filter(mode=mode, taken_at__gte=since)
+        .order_by(AsNumber("equity").desc(), "-taken_at")
+        .values_list("equity", flat=True)
+        .first()
+    )
 
 
 def rejection_ratio(mode: str, *, since: datetime) -> tuple[int, int]:

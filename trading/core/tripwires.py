@@ -116,10 +116,12 @@ def evaluate(
     order_latencies_ms: Sequence[float] = (),
     equity: Sequence[Decimal] = (),
     newest_candle_close_ms: int | None = None,
+    stale_symbol: str = "",
     min_latency_samples: int = 20,
 ) -> list[Trip]:
     """Every tripwire that fires now. Latency needs `min_latency_samples` samples, so that one
-    slow request after a quiet hour does not halt trading."""
+    slow request after a quiet hour does not halt trading. `newest_candle_close_ms` is the
+    freshest data of the symbol whose data is stalest (`stale_symbol`, named in the reason)."""
     trips: list[Trip] = []
     error_count = errors.count(now_ms, thresholds.error_window_s)
     if error_count >= thresholds.error_count:
@@ -159,7 +161,8 @@ def evaluate(
                 Trip(
                     STALE_DATA,
                     thresholds.on_stale_data,
-                    f"market data is {age_s:.0f} s old (limit {thresholds.stale_data_s} s)",
+                    f"market data{' of ' + stale_symbol if stale_symbol else ''} is {age_s:.0f} s old "
+                    f"(limit {thresholds.stale_data_s} s)",
                 )
             )
     return trips

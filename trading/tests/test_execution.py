@@ -24,8 +24,8 @@ from trading.core.fills import FillModel
 from trading.core.risk import ExchangeLimits
 from trading.core.types import KillSwitchState, OrderIntent, OrderStatus, OrderType, Side
 from trading.execution import ExecutionConfig, ExecutionLoop
-from trading.killswitch import killswitch_engage
-from trading.models import Order, Position, SignalDecision
+from trading.killswitch import killswitch_engage, killswitch_release, killswitch_view
+from trading.models import EquitySnapshot, Order, Position, SignalDecision
 from trading.runner import paper_account_open
 
 pytestmark = pytest.mark.django_db
@@ -425,3 +425,61 @@ def test_exchange_errors_raise_one_alert_per_kind_counted_while_they_recur(desk:
     assert set(alerts) == {"trading.exchange_error.network", "trading.exchange_error.rate_limited"}
     network = alerts["trading.exchange_error.network"]
     assert (network.count, network.severity, network.detail) == (2, "warning", "timed out")
+
+
+def _equity(desk: Desk, equity: str, peak: str) -> None:
+    EquitySnapshot.objects.create(
+        mode="dry_run",
+        taken_at=timezone.now(),
+        quote_asset="USDT",
+        cash=Decimal(equity),
+        positions_value=Decimal(0),
+        equity=Decimal(equity),
+        realized_pnl=Decimal(0),
+        unrealized_pnl=Decimal(0),
+        fees=Decimal(0),
+        peak_equity=Decimal(peak),
+        drawdown_pct=(Decimal(peak) - Decimal(equity)) / Decimal(peak) * 100,
+    )
+
+
+def test_a_released_drawdown_trip_counts_the_next_drawdown_from_the_release(desk: Desk) -> None:
+    """The default limit is 10 %: 15 % below the peak trips REDUCING. A person's release accepts
+    that loss: the next check does not trip again on it, a fall of 10 % from the equity at or
+    after the release does."""
+    _equity(desk, "1000", "1000")
+    _equity(desk, "850", "1000")
+    assert "drawdown" in desk.loop.check_tripwires()
+    assert killswitch_view().state is KillSwitchState.REDUCING
+    killswitch_release(reason="drawdown seen, rule kept", actor="cli:ops")
+    _equity(desk, "850", "1000")  # the account's peak is still 1000: 15 % below it
+    assert "drawdown" not in desk.loop.check_tripwires()
+    _equity(desk, "900", "1000")  # a new high since the release
+    _equity(desk, "815", "1000")  # 9.4 % below it: not yet
+    assert "drawdown" not in desk.loop.check_tripwires()
+    assert killswitch_view().state is KillSwitchState.ACTIVE
+    _equity(desk, "805", "1000")  # 10.6 % below 900
+    assert "drawdown" in desk.loop.check_tripwires()
+    assert killswitch_view().state is KillSwitchState.REDUCING
+
+
+def test_one_feed_stopping_while_the_others_go_on_is_stale_data_named_by_symbol(desk: Desk) -> None:
+    """ETHUSDT's last candle closed 10 minutes ago while BTCUSDT's closed a second ago: the
+    stale-data tripwire (limit 120 s by default) halts, naming ETHUSDT."""
+    for minute in range(20):
+        desk.candle(minute)
+    desk.candle(9, symbol=desk.eth)
+    desk.at(20)
+    assert desk.loop.check_tripwires() == ["stale_data"]
+    switch = killswitch_view()
+    assert switch.state is KillSwitchState.HALTED
+    assert "market data of ETHUSDT is 601 s old" in switch.reason
+
+
+def test_fresh_feeds_everywhere_are_not_stale(desk: Desk) -> None:
+    for minute in range(20):
+        desk.candle(minute)
+        desk.candle(minute, symbol=desk.eth)
+    desk.at(20)
+    assert desk.loop.check_tripwires() == []
+    assert killswitch_view().state is KillSwitchState.ACTIVE

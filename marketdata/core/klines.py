@@ -47,6 +47,52 @@ class Kline:
         return self.open_time_ms + self.timeframe.ms - 1
 
 
+# `Kline(...)` for the straight path of `parse_ws_frame`: the same object, its slots filled
+# through their descriptors instead of the frozen dataclass's `object.__setattr__` per field,
+# which took a quarter of a frame's parsing (1.2 of 4.6 µs). The field list is checked here so
+# that a new field cannot be left unset.
+_KLINE_FIELDS = (
+    "symbol", "timeframe", "open_time_ms", "open", "high", "low", "close", "volume", "quote_volume",
+    "trades", "closed", "event_time_ms",
+)  # fmt: skip
+assert Kline.__slots__ == _KLINE_FIELDS, "update _new_kline with the fields of Kline"
+_new = object.__new__
+(
+    _set_symbol, _set_timeframe, _set_open_time, _set_open, _set_high, _set_low, _set_close, _set_volume,
+    _set_quote_volume, _set_trades, _set_closed, _set_event_time,
+) = (Kline.__dict__[name].__set__ for name in _KLINE_FIELDS)  # fmt: skip
+
+
+def _new_kline(
+    symbol: str,
+    timeframe: Timeframe,
+    open_time_ms: int,
+    open: Decimal,
+    high: Decimal,
+    low: Decimal,
+    close: Decimal,
+    volume: Decimal,
+    quote_volume: Decimal,
+    trades: int,
+    closed: bool,
+    event_time_ms: int | None,
+) -> Kline:
+    kline: Kline = _new(Kline)
+    _set_symbol(kline, symbol)
+    _set_timeframe(kline, timeframe)
+    _set_open_time(kline, open_time_ms)
+    _set_open(kline, open)
+    _set_high(kline, high)
+    _set_low(kline, low)
+    _set_close(kline, close)
+    _set_volume(kline, volume)
+    _set_quote_volume(kline, quote_volume)
+    _set_trades(kline, trades)
+    _set_closed(kline, closed)
+    _set_event_time(kline, event_time_ms)
+    return kline
+
+
 def _decimal(value: Any, field: str) -> Decimal:
     if not isinstance(value, str):
         raise FrameError("bad_number", f"{field} must be a decimal string, got {type(value).__name__}")
@@ -152,7 +198,7 @@ def parse_ws_frame(raw: bytes | str) -> Kline | None:
             and type(x) is bool
             and type(event) is int
         ):
-            kline = Kline(
+            kline = _new_kline(
                 symbol, timeframe, t, Decimal(o), Decimal(h), Decimal(low), Decimal(c), Decimal(v),
                 Decimal(q), n, x, event,
             )  # fmt: skip

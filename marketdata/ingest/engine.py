@@ -204,7 +204,9 @@ class IngestEngine:
         self._writer.submit(CandleWrite(self._symbol_ids[kline.symbol], kline, source))
 
     def _advance_frontier(self, kline: Kline) -> None:
-        log = self._frontier.setdefault(kline.timeframe, deque(maxlen=256))
+        log = self._frontier.get(kline.timeframe)
+        if log is None:
+            log = self._frontier[kline.timeframe] = deque(maxlen=256)
         if not log or kline.open_time_ms > log[-1][0]:
             log.append((kline.open_time_ms, time.monotonic()))
 

@@ -163,7 +163,11 @@ def test_stale_data() -> None:
 
 def test_stale_data_names_the_stalest_symbol() -> None:
     trips = evaluate(
-        DEFAULTS, now_ms=NOW, errors=ErrorWindow(), newest_candle_close_ms=NOW - 600_000, stale_symbol="ETHUSDT"
+        DEFAULTS,
+        now_ms=NOW,
+        errors=ErrorWindow(),
+        newest_candle_close_ms=NOW - 600_000,
+        stale_symbol="ETHUSDT",
     )
     assert trips[0].reason == "market data of ETHUSDT is 600 s old (limit 120 s)"
 

@@ -28,7 +28,7 @@ from prometheus_client import Gauge
 from audit.services import audit_record
 from marketdata.core.timeframes import Timeframe, ms_from_datetime, utc_from_ms
 from marketdata.models import Candle, Symbol
-from rules.engine.spec import parse_spec
+from rules.engine.spec import DriftTolerance, parse_spec
 from rules.models import Signal
 from trading.backtests import BacktestInputError, signal_events
 from trading.core import backtest
@@ -63,14 +63,18 @@ class Mismatch:
     timeframe: str
     time: str  # ISO, UTC: the candle's open time (signals) or the order's placement
     detail: str
+    # A fill that differs only in price (and the fee on it) by no more than the rule version's
+    # `drift_tolerance.price_pct`: reported and counted, but not over tolerance.
+    within_tolerance: bool = False
 
-    def to_json(self) -> dict[str, str]:
+    def to_json(self) -> dict[str, Any]:
         return {
             "kind": self.kind,
             "symbol": self.symbol,
             "timeframe": self.timeframe,
             "time": self.time,
             "detail": self.detail,
+            "within_tolerance": self.within_tolerance,
         }
 
 
@@ -183,8 +187,10 @@ def drift_check(*, since: datetime, until: datetime, exchange: str | None = None
     )
     result = backtest.run(events, symbols=markets, settings=settings, initial=initial)
     in_period = [o for o in orders if since_ms <= ms_from_datetime(o.created_at) < until_ms]
-    _compare_orders(report, result, in_period, fills, since_ms=since_ms, until_ms=until_ms)
     tolerance = {v.pk: parse_spec(v.spec).drift_tolerance for v in versions.values()}
+    _compare_orders(
+        report, result, in_period, fills, since_ms=since_ms, until_ms=until_ms, tolerance=tolerance
+    )
     return _publish(report, tolerance)
 
 
@@ -309,7 +315,9 @@ def _compare_orders(
     *,
     since_ms: int,
     until_ms: int,
+    tolerance: dict[int, DriftTolerance],
 ) -> None:
+    strictest_price_pct = min((t.price_pct for t in tolerance.values()), default=Decimal(0))
     ours = {o.client_order_id: o for o in result.orders if since_ms <= o.placed_ms < until_ms}
     theirs = {o.client_order_id: o for o in orders}
     # A dry-run fill after the period is not part of it: the replay's candles end there too.
@@ -353,8 +361,17 @@ def _compare_orders(
             x = (mine.fill.price, mine.fill.quantity, mine.fill.fee, mine.fill.time_ms) if mine.fill else None
             y = (fill.price, fill.quantity, fill.fee, ms_from_datetime(fill.executed_at)) if fill else None
             if x != y:
+                rule = tolerance.get(mine.signal.rule_version) if mine.signal else None
+                limit = rule.price_pct if rule is not None else strictest_price_pct
                 report.mismatches.append(
-                    Mismatch("fill", symbol, timeframe, at, f"fill of {cid}: backtest {x}, dry-run {y}")
+                    Mismatch(
+                        "fill",
+                        symbol,
+                        timeframe,
+                        at,
+                        f"fill of {cid}: backtest {x}, dry-run {y}",
+                        within_tolerance=_price_only_within(x, y, limit),
+                    )
                 )
         for index, filled in ((0, mine.fill), (2, fill)):
             if filled is None:
@@ -367,7 +384,19 @@ def _compare_orders(
         report.pnl_bps[symbol] = float((ours_pnl - theirs_pnl) / traded * 10_000) if traded else 0.0
 
 
-def _publish(report: DriftReport, tolerance: dict[int, Any]) -> DriftReport:
+def _price_only_within(
+    ours: tuple[Decimal, Decimal, Decimal, int] | None,
+    theirs: tuple[Decimal, Decimal, Decimal, int] | None,
+    limit_pct: Decimal,
+) -> bool:
+    """Whether two fills differ only in price (and so in fee), by at most `limit_pct` percent of
+    dry-run's price."""
+    if ours is None or theirs is None or ours[1] != theirs[1] or ours[3] != theirs[3] or theirs[0] <= 0:
+        return False
+    return abs(ours[0] - theirs[0]) / theirs[0] * 100 <= limit_pct
+
+
+def _publish(report: DriftReport, tolerance: dict[int, DriftTolerance]) -> DriftReport:
     counts: dict[tuple[str, str, str], int] = defaultdict(int)
     for mismatch in report.mismatches:
         counts[(mismatch.symbol, mismatch.timeframe, mismatch.kind)] += 1
@@ -378,7 +407,7 @@ def _publish(report: DriftReport, tolerance: dict[int, Any]) -> DriftReport:
     for symbol, bps in report.pnl_bps.items():
         DRIFT_PNL_BPS.labels(symbol=symbol).set(bps)
     pnl_limit_bps = min((float(t.pnl_pct) * 100 for t in tolerance.values()), default=None)
-    report.over_tolerance = bool(report.mismatches) or (
+    report.over_tolerance = any(not m.within_tolerance for m in report.mismatches) or (
         pnl_limit_bps is not None and any(abs(bps) > pnl_limit_bps for bps in report.pnl_bps.values())
     )
     DRIFT_OVER_TOLERANCE.set(1 if report.over_tolerance else 0)

@@ -358,6 +358,23 @@ def test_drift_over_a_dry_run_session_is_zero_and_an_edited_candle_is_named(sim,
     assert all(bps == 0 for bps in report.pnl_bps.values())
     assert not report.over_tolerance
 
+    # A fill price off by less than the rule's drift_tolerance.price_pct (0.1 % by default) is
+    # reported, but within tolerance; by more, it is over.
+    fill = Fill.objects.filter(order__side="sell").select_related("order__symbol").order_by("id")[3]
+    original = fill.price
+    for moved, over in ((Decimal("1.0005"), False), (Decimal("1.002"), True)):
+        Fill.objects.filter(pk=fill.pk).update(price=original * moved)
+        report = drift_check(since=since, until=until, exchange="sim")
+        (differs,) = report.mismatches
+        assert (differs.kind, differs.symbol, differs.within_tolerance) == (
+            "fill",
+            fill.order.symbol.symbol,
+            not over,
+        )
+        assert f"fill of {fill.order.client_order_id}" in differs.detail
+        assert report.over_tolerance is over
+    Fill.objects.filter(pk=fill.pk).update(price=original)
+
     # Someone edits a stored candle the session traded on: drift names it.
     order = Order.objects.filter(side="buy", status=OrderStatus.FILLED).order_by("id")[5]
     assert order.signal is not None

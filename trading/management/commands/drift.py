@@ -41,7 +41,8 @@ class Command(BaseCommand):
                 f"{len(report.mismatches)} mismatches"
             )
             for m in report.mismatches[:50]:
-                self.stdout.write(f"  {m.kind} {m.symbol} {m.timeframe} {m.time}: {m.detail}")
+                within = " (within the rule's price tolerance)" if m.within_tolerance else ""
+                self.stdout.write(f"  {m.kind} {m.symbol} {m.timeframe} {m.time}: {m.detail}{within}")
             for symbol, bps in sorted(report.pnl_bps.items()):
                 self.stdout.write(f"  PnL divergence {symbol}: {bps:.2f} bps")
         if report.over_tolerance:

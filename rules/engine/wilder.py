@@ -48,22 +48,22 @@ from rules.engine.recurrence import (
 
 
 def _true_range(candles: CandleSeries, slot: int) -> FloatArray:
-    """TR at indexes 1…: max(high - low, |prev close - high|, |prev close - low|), in scratch
-    `slot` (and `slot` + 1 on the way)."""
+    """TR at indexes 1…, in scratch `slot` (and `slot` + 1 on the way): see `_true_range_rows`."""
     high, low, previous = candles.high[1:], candles.low[1:], candles.close[:-1]
-    widest = np.subtract(high, low, out=scratch(slot, high.size))
-    gap = np.subtract(previous, high, out=scratch(slot + 1, high.size))
-    np.maximum(widest, np.abs(gap, out=gap), out=widest)
-    np.subtract(previous, low, out=gap)
-    np.maximum(widest, np.abs(gap, out=gap), out=widest)
-    return widest
+    top = np.maximum(high, previous, out=scratch(slot, high.size))
+    bottom = np.minimum(low, previous, out=scratch(slot + 1, high.size))
+    return np.subtract(top, bottom, out=top)
 
 
 def _true_range_rows(high: FloatArray, low: FloatArray, previous_close: FloatArray) -> FloatArray:
-    widest: FloatArray = np.maximum(
-        np.maximum(high - low, np.abs(previous_close - high)), np.abs(previous_close - low)
-    )
-    return widest
+    """max(high, previous close) - min(low, previous close): three operations where TA-Lib's
+    max(high - low, |previous close - high|, |previous close - low|) takes seven, and the same
+    float. Both subtract the same pair: high - low when the close is inside the range; else the
+    close minus the low or the high minus the close, which TA-Lib's |previous close - high| also
+    is (negation is exact), and which its max picks since rounding keeps order (for high ≥ low,
+    as candles have it)."""
+    true_range: FloatArray = np.subtract(np.maximum(high, previous_close), np.minimum(low, previous_close))
+    return true_range
 
 
 class _WilderRows(IndicatorRows):
@@ -147,13 +147,12 @@ class Rsi(Indicator[float, FloatArray]):
         out = nan_prefixed(close.size, n)
         if close.size <= n:
             return out
-        change = np.subtract(close[1:], close[:-1], out=scratch(2, close.size - 1))
-        gains, losses = _split_change(change[:n].copy(), np.empty(n))
+        gains, losses = _split_change(np.subtract(close[1 : n + 1], close[:n]), np.empty(n))
         gain = sum_in_order(gains) / n
         loss = sum_in_order(losses) / n
         out[n] = _rsi(np.array([gain]), np.array([loss]))[0]
         if close.size > n + 1:
-            changes = to_lanes(change[n:], 0)
+            changes = lanes_of(np.subtract, (close[n + 1 :], close[n:-1]), close.size - n - 1, 0)
             gains, losses = _split_change(changes, scratch(1, changes.size).reshape(changes.shape))
             a = (n - 1) / n
             for lanes, seed in ((gains, gain), (losses, loss)):

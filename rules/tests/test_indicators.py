@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rules.engine import recurrence
+from rules.engine import recurrence, wilder
 from rules.engine.indicators import (
     Adx,
     Atr,
@@ -237,6 +237,26 @@ def test_chunked_recurrence_is_a_plain_loop_up_to_rounding(a: float, b: list[flo
         plain.append(y)
     scale = max([abs(y0), *map(abs, b)], default=0.0)
     np.testing.assert_allclose(chunked, plain, rtol=1e-12, atol=1e-12 * scale)
+
+
+@given(
+    price=st.sampled_from([0.000123, 1.0, 23_456.78, 1e12]),
+    moves=st.lists(
+        st.tuples(st.floats(0.0, 0.05), st.floats(0.0, 0.05), st.floats(-0.1, 0.1)), min_size=1, max_size=50
+    ),
+)
+@PROPERTIES
+def test_true_range_is_ta_libs_max_of_three(price: float, moves: list[tuple[float, float, float]]) -> None:
+    """max(high, previous close) - min(low, previous close) is, bit for bit, TA-Lib's
+    max(high - low, |previous close - high|, |previous close - low|) when high ≥ low, with the
+    close inside, above, below or on the edge of the range."""
+    up, down, gap = (np.array(column) for column in zip(*moves, strict=True))
+    high, low = price * (1.0 + up), price * (1.0 - down)
+    previous = price * (1.0 + gap)
+    previous[1::3], previous[2::3] = high[1::3], low[2::3]  # on the edges
+    ta_lib = np.maximum(np.maximum(high - low, np.abs(previous - high)), np.abs(previous - low))
+    ours = wilder._true_range_rows(high, low, previous)
+    np.testing.assert_array_equal(ours.view(np.uint64), ta_lib.view(np.uint64))
 
 
 def lanes_by_definition(values: np.ndarray) -> np.ndarray:

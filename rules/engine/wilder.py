@@ -37,13 +37,15 @@ from rules.engine.base import (
 )
 from rules.engine.recurrence import (
     RecurrenceRows,
+    fill_lanes,
     from_lanes,
+    lane_groups,
     lanes_of,
     linear_recurrence,
+    recur_lane_groups,
     recur_lanes,
     scratch,
     sum_in_order,
-    to_lanes,
 )
 
 
@@ -277,21 +279,24 @@ class Adx(Indicator[float, FloatArray]):
         out = nan_prefixed(len(candles), self.warmup)
         if len(candles) <= self.warmup:
             return out
-        high, low, size = candles.high, candles.low, len(candles)
-        plus, minus = _directional_movement(
-            np.subtract(high[1:], high[:-1], out=scratch(3, size - 1)),
-            np.subtract(low[:-1], low[1:], out=scratch(4, size - 1)),
-        )
-        true_range = _true_range(candles, 1)
+        high, low, close, size = candles.high, candles.low, candles.close, len(candles)
         a = (n - 1) / n
-        # Smoothed sums at indexes n… (the arrays above start at index 1), then DX, in lanes.
-        sums = []
-        for slot, values in ((0, plus), (2, minus), (5, true_range)):
-            lanes = to_lanes(values[n - 1 :], slot)
-            recur_lanes(lanes, a, sum_in_order(values[: n - 1]))
-            sums.append(lanes)
+        # The seeds: plain sums of +DM, -DM and TR at indexes 1…n-1.
+        seeding = _directional_movement(high[1:n] - high[: n - 1], low[: n - 1] - low[1:n])
+        seeds = [*seeding, _true_range_rows(high[1:n], low[1:n], close[: n - 1])]
+        # From index n on, the three are computed in lanes side by side (the changes are laid
+        # out by the calls that compute them) and smoothed together; then DX, in lanes.
+        lanes = lane_groups(size - n, 3, 0)
+        plus, minus, true_range = lanes
+        fill_lanes(np.subtract, (high[n:], high[n - 1 : -1]), size - n, plus)
+        fill_lanes(np.subtract, (low[n - 1 : -1], low[n:]), size - n, minus)
+        _directional_movement(plus, minus)
+        top = np.maximum(high[n:], close[n - 1 : -1], out=scratch(1, size - n))
+        bottom = np.minimum(low[n:], close[n - 1 : -1], out=scratch(2, size - n))
+        fill_lanes(np.subtract, (top, bottom), size - n, true_range)
+        recur_lane_groups(lanes, (a, a, a), tuple(sum_in_order(values) for values in seeds))
         dx = scratch(3, size - n)
-        from_lanes(_dx(*sums), dx)
+        from_lanes(_dx(plus, minus, true_range), dx)
         seed = sum_in_order(np.nan_to_num(dx[:n], nan=0.0)) / n
         out[2 * n - 1] = seed
         if size == 2 * n:

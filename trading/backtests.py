@@ -627,10 +627,15 @@ def _reader() -> psycopg.pq.abc.PGconn | None:
     """A second connection to Django's database for one read (closed after it), with the JIT
     off as `_without_jit` has it for Django's; None (and the read goes through one connection)
     when it cannot be opened: the server's connection limit, say."""
-    parameters = connection.get_connection_params()
-    conninfo = psycopg.conninfo.make_conninfo(
-        "", **{key: value for key, value in parameters.items() if isinstance(value, str | int)}
-    )
+    # Django's parameters less its own (cursor factory, adapters, prepare threshold): what
+    # libpq takes.
+    libpq = {option.keyword.decode() for option in psycopg.pq.Conninfo.get_defaults()}
+    parameters = {
+        key: value
+        for key, value in connection.get_connection_params().items()
+        if key in libpq and isinstance(value, str | int)
+    }
+    conninfo = psycopg.conninfo.make_conninfo("", **parameters)
     reader = psycopg.pq.PGconn.connect(conninfo.encode())
     if reader.status != psycopg.pq.ConnStatus.OK:
         logger.warning(

@@ -33,6 +33,7 @@ import structlog
 from django.db import InterfaceError, OperationalError, connection, connections
 
 from marketdata.core.timeframes import Timeframe
+from marketdata.ingest.column_arrays import ColumnArrayDumper
 from marketdata.ingest.metrics import CANDLES_WRITTEN, INGEST_LATENCY, WRITE_BATCH_SIZE
 from marketdata.services import CandleWrite, candles_upsert_closed, candles_upsert_closed_async
 
@@ -61,6 +62,7 @@ class _PostgresBackend:
     async def write(self, batch: list[CandleWrite]) -> int:
         if self._conn is None or self._conn.closed:
             self._conn = await psycopg.AsyncConnection.connect(**self._params, autocommit=True)
+            self._conn.adapters.register_dumper(list, ColumnArrayDumper)
         try:
             return await candles_upsert_closed_async(conn=self._conn, writes=batch)
         except (psycopg.OperationalError, psycopg.InterfaceError):

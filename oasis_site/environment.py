@@ -136,8 +136,9 @@ class Environment:
     # for requests in flight.
     shutdown_delay_s: float = 0.0
     shutdown_grace_s: float = 10.0
-    # The ingest and trade processes' /metrics, read by the operations page.
-    ingest_metrics_url: str = "http://127.0.0.1:9101/metrics"
+    # The ingest and trade processes' /metrics, read by the operations page: one URL per ingest
+    # process (comma-separated in OASIS_INGEST_METRICS_URL: one per shard).
+    ingest_metrics_urls: tuple[str, ...] = ("http://127.0.0.1:9101/metrics",)
     trade_metrics_url: str = "http://127.0.0.1:9102/metrics"
     # REST API throttling: requests per client IP and per route, for reads (GET) and writes.
     api_read_rate: str = "600/min"
@@ -146,6 +147,16 @@ class Environment:
     # (the default in test).
     worker_metrics_port: int = 9103
     var_dir: Path = field(repr=False, default=Path("var"))
+
+    @property
+    def process_metrics_urls(self) -> dict[str, str]:
+        """The processes whose /metrics the operations page reads, by the name it shows: the
+        ingest process ("ingest", or "ingest-0", "ingest-1", … with one per shard) and "trade"."""
+        if len(self.ingest_metrics_urls) == 1:
+            ingest = {"ingest": self.ingest_metrics_urls[0]}
+        else:
+            ingest = {f"ingest-{shard}": url for shard, url in enumerate(self.ingest_metrics_urls)}
+        return {**ingest, "trade": self.trade_metrics_url}
 
     @property
     def is_prod(self) -> bool:
@@ -333,12 +344,17 @@ def read_environment(environ: Mapping[str, str], *, base_dir: Path) -> Environme
     slo_check_s = _parse_int("OASIS_SLO_CHECK_S", get("OASIS_SLO_CHECK_S"), default=10, low=1, high=3600)
     shutdown_delay_s = _parse_seconds("OASIS_SHUTDOWN_DELAY_S", get("OASIS_SHUTDOWN_DELAY_S"), default=0.0)
     shutdown_grace_s = _parse_seconds("OASIS_SHUTDOWN_GRACE_S", get("OASIS_SHUTDOWN_GRACE_S"), default=10.0)
-    metrics_urls = {}
+    metrics_urls: dict[str, list[str]] = {}
     for name, default in (("INGEST", 9101), ("TRADE", 9102)):
         variable = f"OASIS_{name}_METRICS_URL"
-        url = get(variable) or f"http://127.0.0.1:{default}/metrics"
-        _check_url(variable, url, ("http", "https"), f"http://{name.lower()}:{default}/metrics")
-        metrics_urls[name] = url
+        urls = _parse_list(get(variable)) or [f"http://127.0.0.1:{default}/metrics"]
+        if name == "TRADE" and len(urls) > 1:
+            raise ConfigurationError(
+                f"{variable} takes one URL (there is one trade process), got {len(urls)}"
+            )
+        for url in urls:
+            _check_url(variable, url, ("http", "https"), f"http://{name.lower()}:{default}/metrics")
+        metrics_urls[name] = urls
 
     return Environment(
         name=env_name,
@@ -374,8 +390,8 @@ def read_environment(environ: Mapping[str, str], *, base_dir: Path) -> Environme
         slo_check_s=slo_check_s,
         shutdown_delay_s=shutdown_delay_s,
         shutdown_grace_s=shutdown_grace_s,
-        ingest_metrics_url=metrics_urls["INGEST"],
-        trade_metrics_url=metrics_urls["TRADE"],
+        ingest_metrics_urls=tuple(metrics_urls["INGEST"]),
+        trade_metrics_url=metrics_urls["TRADE"][0],
         api_read_rate=api_read_rate,
         api_write_rate=api_write_rate,
         worker_metrics_port=worker_metrics_port,

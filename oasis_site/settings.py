@@ -72,7 +72,7 @@ if ENV.smtp_host:
     EMAIL_TIMEOUT = 5
 # The operations page reads buffer lag and reconnects from the ingest and trade processes'
 # own /metrics (by default their ports as `make run` starts them; compose and k8s set them).
-OASIS_PROCESS_METRICS_URLS = {"ingest": ENV.ingest_metrics_url, "trade": ENV.trade_metrics_url}
+OASIS_PROCESS_METRICS_URLS = ENV.process_metrics_urls  # each ingest shard by its own name
 # `manage.py serve`'s graceful stop (oasis_site/shutdown.py).
 OASIS_SHUTDOWN_DELAY_S = ENV.shutdown_delay_s
 OASIS_SHUTDOWN_GRACE_S = ENV.shutdown_grace_s

@@ -262,31 +262,59 @@ def test_operations_page_shows_gaps_lag_backfills_and_queues(desk, settings):
         assert data["celery"]["broker"] == "none"
 
 
-def test_process_metrics_are_read_from_a_processes_own_endpoint(live_server_metrics):
-    found = selectors.process_metrics({"ingest": live_server_metrics})
+def test_process_metrics_are_read_from_a_processes_own_endpoint(metrics_endpoint):
+    found = selectors.process_metrics({"ingest": metrics_endpoint("BTCUSDT", 1.5, 3)})
     assert found["reachable"] == {"ingest": "ok"}
     assert {"symbol": "BTCUSDT", "timeframe": "1m", "seconds": 1.5} in found["buffer_lag"]
     assert found["ws_reconnects"] == {"sim": 3.0}
 
 
+def test_every_ingest_shard_is_read(metrics_endpoint, settings):
+    """Two shards (OASIS_INGEST_METRICS_URL lists both): each one's buffers, reconnects added up,
+    and a shard that does not answer named as such."""
+    from oasis_site import settings as site_settings
+    from oasis_site.environment import read_environment
+
+    first, second = metrics_endpoint("BTCUSDT", 1.5, 3), metrics_endpoint("ETHUSDT", 4.0, 2)
+    env = read_environment(
+        {"OASIS_ENV": "test", "OASIS_INGEST_METRICS_URL": f"{first},{second},http://127.0.0.1:9/metrics"},
+        base_dir=site_settings.BASE_DIR,
+    )
+    settings.OASIS_PROCESS_METRICS_URLS = env.process_metrics_urls
+    assert list(env.process_metrics_urls) == ["ingest-0", "ingest-1", "ingest-2", "trade"]
+    found = selectors.process_metrics({k: v for k, v in env.process_metrics_urls.items() if k != "trade"})
+    assert found["reachable"]["ingest-0"] == found["reachable"]["ingest-1"] == "ok"
+    assert found["reachable"]["ingest-2"].startswith("unreachable")
+    lags = {(row["symbol"], row["seconds"]) for row in found["buffer_lag"]}
+    assert lags == {("BTCUSDT", 1.5), ("ETHUSDT", 4.0)}
+    assert found["ws_reconnects"] == {"sim": 5.0}
+
+
 @pytest.fixture
-def live_server_metrics():
-    """A real /metrics endpoint, as the ingest process serves it, on a free port."""
+def metrics_endpoint():
+    """Real /metrics endpoints, as an ingest process serves them, each on a free port."""
     from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
-    registry = CollectorRegistry()
-    Gauge("oasis_ingest_buffer_lag_seconds", "lag", ["symbol", "timeframe"], registry=registry).labels(
-        "BTCUSDT", "1m"
-    ).set(1.5)
-    Counter("oasis_ingest_ws_reconnects_total", "reconnects", ["exchange"], registry=registry).labels(
-        "sim"
-    ).inc(3)
-    server, thread = start_http_server(0, addr="127.0.0.1", registry=registry)
+    servers = []
+
+    def serve(symbol: str, lag_s: float, reconnects: int) -> str:
+        registry = CollectorRegistry()
+        Gauge("oasis_ingest_buffer_lag_seconds", "lag", ["symbol", "timeframe"], registry=registry).labels(
+            symbol, "1m"
+        ).set(lag_s)
+        Counter("oasis_ingest_ws_reconnects_total", "reconnects", ["exchange"], registry=registry).labels(
+            "sim"
+        ).inc(reconnects)
+        server, thread = start_http_server(0, addr="127.0.0.1", registry=registry)
+        servers.append((server, thread))
+        return f"http://127.0.0.1:{server.server_port}/metrics"
+
     try:
-        yield f"http://127.0.0.1:{server.server_port}/metrics"
+        yield serve
     finally:
-        server.shutdown()
-        thread.join(timeout=5)
+        for server, thread in servers:
+            server.shutdown()
+            thread.join(timeout=5)
 
 
 def test_with_the_auth_flag_on_pages_need_a_login(desk):

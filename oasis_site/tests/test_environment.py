@@ -148,6 +148,16 @@ def test_database_url_forms():
             "OASIS_INGEST_METRICS_URL must use one of the schemes http",
         ),
         ("OASIS_TRADE_METRICS_URL", "http://", "OASIS_TRADE_METRICS_URL has no host"),
+        (
+            "OASIS_INGEST_METRICS_URL",
+            "http://ingest-0:9101/metrics,ingest-1:9101",
+            "OASIS_INGEST_METRICS_URL must use one of the schemes http",
+        ),
+        (
+            "OASIS_TRADE_METRICS_URL",
+            "http://a:9102/metrics,http://b:9102/metrics",
+            "OASIS_TRADE_METRICS_URL takes one URL (there is one trade process), got 2",
+        ),
     ],
 )
 def test_bad_values_are_named(name, value, starts):
@@ -180,3 +190,10 @@ def test_exchange_endpoints_are_configuration():
     }
     assert read().exchange == "sim"
     assert read().exchange_urls == {}
+
+
+def test_the_ingest_metrics_url_lists_one_url_per_shard():
+    assert read().ingest_metrics_urls == ("http://127.0.0.1:9101/metrics",)
+    assert list(read().process_metrics_urls) == ["ingest", "trade"]
+    env = read(OASIS_INGEST_METRICS_URL="http://ingest-0:9101/metrics, http://ingest-1:9101/metrics")
+    assert env.ingest_metrics_urls == ("http://ingest-0:9101/metrics", "http://ingest-1:9101/metrics")

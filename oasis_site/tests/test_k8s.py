@@ -572,14 +572,15 @@ def check_services(resources: list[Resource]) -> list[str]:
             problems.append(f"{name_of(stateful)}: keeps its data on no volumeClaimTemplates")
     # Every host a ConfigMap URL names inside the cluster is a Service, on one of its ports.
     for key, value in config_data(resources).items():
-        parts = urlsplit(value) if "://" in value else None
-        if parts is None or not parts.hostname or "." in parts.hostname:
-            continue
-        host_service = named(resources, "Service", parts.hostname)
-        if host_service is None:
-            problems.append(f"oasis-config {key} names host {parts.hostname}, which is no Service")
-        elif parts.port and parts.port not in [p["port"] for p in host_service["spec"]["ports"]]:
-            problems.append(f"oasis-config {key}: {parts.hostname} has no port {parts.port}")
+        for url in value.split(","):  # a list for OASIS_INGEST_METRICS_URL: one per shard
+            parts = urlsplit(url) if "://" in url else None
+            if parts is None or not parts.hostname or "." in parts.hostname:
+                continue
+            host_service = named(resources, "Service", parts.hostname)
+            if host_service is None:
+                problems.append(f"oasis-config {key} names host {parts.hostname}, which is no Service")
+            elif parts.port and parts.port not in [p["port"] for p in host_service["spec"]["ports"]]:
+                problems.append(f"oasis-config {key}: {parts.hostname} has no port {parts.port}")
     return problems
 
 
@@ -657,6 +658,10 @@ def check_ingest_shards(resources: list[Resource]) -> list[str]:
             problems.append(f"{name_of(shard)}: its sync_symbols init container must load its own --symbols")
     if sorted(seen) != sorted(symbols):
         problems.append(f"the shards ingest {sorted(seen)}; the desk's symbols are {sorted(symbols)}")
+    # The operations page reads every shard's /metrics: the config lists each shard once.
+    listed = [urlsplit(url).hostname for url in config_data(resources)["OASIS_INGEST_METRICS_URL"].split(",")]
+    if sorted(listed, key=str) != names:
+        problems.append(f"OASIS_INGEST_METRICS_URL names {listed}; the shards are {names}")
     for name in timeframes:
         for profile in PROFILES.values():
             if Timeframe.parse(name) not in profile.streamed_timeframes:

@@ -755,8 +755,8 @@ def summary(
                 "symbol": o.symbol,
                 "side": o.side.value,
                 "time_ms": o.fill.time_ms,
-                "price": f"{o.fill.price:f}",
-                "quantity": f"{o.fill.quantity:f}",
+                "price": performance.exact_text(o.fill.price),
+                "quantity": performance.exact_text(o.fill.quantity),
                 "reason": o.protective or ("signal" if o.signal else ""),
             }
             for o in result.orders

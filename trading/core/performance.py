@@ -219,12 +219,12 @@ class Trade:
             "symbol": self.symbol,
             "entry_ms": self.entry_ms,
             "exit_ms": self.exit_ms,
-            "quantity": _text(self.quantity),
-            "entry_price": _text(self.entry_price),
-            "exit_price": _text(self.exit_price),
-            "gross_pnl": _text(self.gross_pnl),
-            "fees": _text(self.fees),
-            "net_pnl": _text(self.net_pnl),
+            "quantity": exact_text(self.quantity),
+            "entry_price": exact_text(self.entry_price),
+            "exit_price": exact_text(self.exit_price),
+            "gross_pnl": exact_text(self.gross_pnl),
+            "fees": exact_text(self.fees),
+            "net_pnl": exact_text(self.net_pnl),
         }
 
 
@@ -260,11 +260,11 @@ class Performance:
         out: dict[str, Any] = {
             "start_ms": self.start_ms,
             "end_ms": self.end_ms,
-            "opening_balance": _text(self.opening_balance),
-            "final_equity": _text(self.final_equity),
-            "net_pnl": _text(self.net_pnl),
-            "gross_pnl": _text(self.gross_pnl),
-            "fees": _text(self.fees),
+            "opening_balance": exact_text(self.opening_balance),
+            "final_equity": exact_text(self.final_equity),
+            "net_pnl": exact_text(self.net_pnl),
+            "gross_pnl": exact_text(self.gross_pnl),
+            "fees": exact_text(self.fees),
             "trade_count": self.trade_count,
             "closed_trade_count": len(self.closed_trades),
             "win_rate": _rounded(self.win_rate),
@@ -458,8 +458,11 @@ def _profit_factor(closed: Sequence[Decimal]) -> float | None:
         return float(wins / losses)
 
 
-def _text(value: Decimal) -> str:
-    return format(value, "f")
+def exact_text(value: Decimal) -> str:
+    """`format(value, "f")`: a Decimal's own text unless that is in exponent notation (str() is
+    2.5 times faster, and a year's results write 100,000 of them)."""
+    text = str(value)
+    return text if "E" not in text else format(value, "f")
 
 
 def _rounded(value: float | None, places: int = 4) -> float | None:

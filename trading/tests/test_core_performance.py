@@ -21,6 +21,7 @@ from trading.core.performance import (
     EquityCurve,
     TradeFill,
     compute,
+    exact_text,
     fills_of,
 )
 from trading.core.types import ExecutedFill, OrderStatus, Side
@@ -512,3 +513,13 @@ def test_the_downsampler_keeps_the_extremes_within_its_budget(equity: np.ndarray
     assert small.equity.max() == equity.max()
     assert small.drawdown_pct.min() == curve.drawdown_pct.min()
     assert (small.times_ms[0], small.times_ms[-1]) == (curve.times_ms[0], curve.times_ms[-1])
+
+
+@given(
+    st.one_of(
+        st.decimals(allow_nan=False, allow_infinity=False),
+        st.decimals(places=20, min_value=-1, max_value=1),
+    )
+)
+def test_exact_text_is_format_f(value: Decimal) -> None:
+    assert exact_text(value) == format(value, "f")

@@ -129,6 +129,7 @@ class CandleWriter:
         self._stopping = False
         self._error: BaseException | None = None
         self._batches = self._candles = self._written = 0
+        self._idle = 0  # writers waiting for candles
         # Histogram children looked up once: a burst observes a thousand latencies.
         self._latency = {tf: INGEST_LATENCY.labels(tf.value) for tf in Timeframe}
 
@@ -191,9 +192,16 @@ class CandleWriter:
                     if self._stopping:
                         return
                     ready.clear()
-                    await ready.wait()
+                    self._idle += 1
+                    try:
+                        await ready.wait()
+                    finally:
+                        self._idle -= 1
                     continue
-                size = min(len(queue), self._max_batch)
+                # What is queued is shared with the writers still waiting (woken by the same
+                # submit, they run next): the first candles of a burst are written in parallel
+                # statements instead of one writing them all while the others find nothing.
+                size = min(-(-len(queue) // (self._idle + 1)), self._max_batch)
                 batch = [queue.popleft() for _ in range(size)]
                 await self._write(backend, batch)
         except Exception as exc:  # recorded, reported, and raised on leaving `running`

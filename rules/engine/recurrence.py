@@ -14,9 +14,11 @@ its own position, with the same IEEE operations a scalar loop would do. What the
   steps counted from the first step. Inside a chunk z runs the same recurrence from zero and p
   multiplies the a's; then y = z + p·c, with c the last y of the previous chunk. Batch lays the
   series out as lanes (`to_lanes`: one column per chunk, so one numpy operation on a row steps
-  every chunk at the same position), then carries c from chunk to chunk in a float loop; the
-  step form keeps z, p and c. Same operations, same order: identical floats. The result differs
-  from a plain loop by rounding only (≈ 1e-16 relative per step, not accumulating: a < 1).
+  every chunk at the same position; `lanes_of` computes b, k·x or x/n or a price change, in
+  the same call), then carries c from chunk to chunk in a float loop; the step form keeps z, p
+  and c. Same operations, same order: identical floats. The result differs from a plain loop
+  by rounding only (≈ 1e-16 relative per step, not accumulating: a < 1). Several recurrences of
+  one indicator can run side by side (`recur_lane_groups`: ADX's three sums).
 - `rolling_sum` / `RollingSumRows`: the sum of the last n values. Up to `SUMMED_IN_ORDER` values
   it is summed in order at every output. Longer windows carry it as w += x[i] - x[i-n],
   recomputed exactly (summed in order) every `CHUNK` outputs, which bounds the drift of the

@@ -288,6 +288,33 @@ def test_lanes_of_is_the_operation_then_the_lane_layout(size: int, chunk: int, d
             np.testing.assert_array_equal(fused.view(np.uint64), expected.view(np.uint64))
 
 
+@given(
+    size=st.integers(1, 200),
+    chunk=st.sampled_from([1, 3, 7]),
+    series=st.lists(
+        st.tuples(st.floats(0.0, 0.999), st.floats(-1e4, 1e4, allow_subnormal=False)), min_size=1, max_size=3
+    ),
+    data=st.data(),
+)
+@PROPERTIES
+def test_lane_groups_step_each_series_as_recur_lanes_does(
+    size: int, chunk: int, series: list[tuple[float, float]], data: st.DataObject
+) -> None:
+    """Several recurrences side by side, each with its own a and y0, give each one's
+    `recur_lanes` floats bit for bit."""
+    values = st.floats(-1e4, 1e4, allow_subnormal=False)
+    inputs = [np.array(data.draw(st.lists(values, min_size=size, max_size=size))) for _ in series]
+    with chunk_of(chunk):
+        lanes = recurrence.lane_groups(size, len(series), 0)
+        for group, b in zip(lanes, inputs, strict=True):
+            recurrence.fill_lanes(np.positive, (b,), size, group)
+        recurrence.recur_lane_groups(lanes, tuple(a for a, _ in series), tuple(y0 for _, y0 in series))
+        for group, b, (a, y0) in zip(lanes, inputs, series, strict=True):
+            alone = recurrence.to_lanes(b, 1)
+            recurrence.recur_lanes(alone, a, y0)
+            np.testing.assert_array_equal(group.view(np.uint64), alone.view(np.uint64))
+
+
 def flat_candles(size: int, price: float = 100.0) -> CandleSeries:
     return CandleSeries.from_columns(
         open_time_ms=DAY_MS * 19_417 + MINUTE_MS * np.arange(size),

@@ -51,8 +51,10 @@ SUBSCRIBE_CHUNK = 256
 # several bursts (Linux caps it at net.core.rmem_max).
 RECEIVE_BUFFER_BYTES = 4 * 1024 * 1024
 # Messages handed to `on_frame` before the protocol lets the event loop run other work (the
-# candle writers) and then goes on with what it has already received.
-YIELD_EVERY = 128
+# candle writers) and then goes on with what it has already received. 48 rather than 128: the
+# first closes of a burst reach the writers sooner (1,000 symbols, A/B twice: p50 29.0/27.6 ms
+# against 36.2/31.0, p95 44.1/38.7 against 53.3/38.2; 100 symbols unchanged).
+YIELD_EVERY = 48
 # A message larger than this fails the connection (1009): no market-data event comes near.
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 CONNECT_TIMEOUT_S = 30.0

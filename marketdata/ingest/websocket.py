@@ -317,16 +317,17 @@ class MarketDataProtocol(asyncio.Protocol):
         self._loop.call_soon(self._resume)
 
     def _resume(self) -> None:
-        if self.transport is None or self.transport.is_closing():
-            return
+        # Messages received before the connection ended are still handed over.
         self._paused = False
+        if self.transport is None:
+            return
         try:
             self._read_messages()
         except Exception as exc:  # noqa: BLE001 - from on_frame: end this connection, not the loop
             self._ending = exc
             self.abort()
             return
-        if not self._paused:
+        if not self._paused and not self.transport.is_closing():
             self.transport.resume_reading()
 
     def _fail_on_header(self, first: int, second: int, size: int) -> None:

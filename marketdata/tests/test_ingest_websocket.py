@@ -174,12 +174,13 @@ class FakeTransport:
     def __init__(self) -> None:
         self.written: list[bytes] = []
         self.paused = False
+        self.closing = False
 
     def write(self, data: bytes) -> None:
         self.written.append(data)
 
     def is_closing(self) -> bool:
-        return False
+        return self.closing
 
     def pause_reading(self) -> None:
         self.paused = True
@@ -222,6 +223,25 @@ def test_a_long_burst_lets_the_loop_run_between_its_messages():
     assert seen == list(range(len(seen)))
     assert len(seen) == 3 * ws_module.YIELD_EVERY + 5
     assert order.index("other work") == ws_module.YIELD_EVERY  # right after the first share
+
+
+def test_messages_received_before_the_connection_ended_are_still_handed_over():
+    async def scenario() -> list[str | bytes]:
+        received: list[str | bytes] = []
+        protocol = MarketDataProtocol(on_frame=received.append, host="h", resource="/ws", heartbeat=None)
+        protocol.handshake.set_result(None)
+        transport = FakeTransport()
+        protocol.transport = transport  # type: ignore[assignment]
+        count = 2 * ws_module.YIELD_EVERY + 1
+        protocol.data_received(b"".join(server_frame(0x1, str(n).encode()) for n in range(count)))
+        transport.closing = True  # the connection drops while the rest waits its turn
+        protocol.connection_lost(ConnectionResetError())
+        for _ in range(100):  # a few turns of the loop at most
+            await asyncio.sleep(0)
+        assert isinstance(protocol.closed.exception(), StreamClosed)
+        return received
+
+    assert asyncio.run(scenario()) == [str(n).encode() for n in range(2 * ws_module.YIELD_EVERY + 1)]
 
 
 # Against a scripted server -------------------------------------------------------------------

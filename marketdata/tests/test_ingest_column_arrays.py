@@ -19,6 +19,7 @@ from marketdata.core.timeframes import Timeframe
 from marketdata.ingest.column_arrays import ColumnArrayDumper, int8_array, text_array
 from marketdata.ingest.writer import CandleWriter
 from marketdata.models import Candle
+from marketdata.selectors import CANDLE_COLUMNS
 from marketdata.services import CandleWrite, candles_upsert_closed
 from marketdata.tests.factories import SymbolFactory
 
@@ -103,17 +104,7 @@ def test_the_writer_stores_a_batch_as_the_synchronous_service_does():
 
     asyncio.run(run())
     candles_upsert_closed(writes=batch(1))
-    columns = (
-        "open",
-        "high",
-        "low",
-        "close",
-        "volume",
-        "quote_volume",
-        "trade_count",
-        "is_imputed",
-        "source",
-    )
+    columns = [name for name in CANDLE_COLUMNS if name != "open_time"]  # the API's, in its order
     by_writer = {
         row[0]: row[1:]
         for row in Candle.objects.filter(open_time__minute=0).values_list("symbol_id", *columns)

@@ -9,7 +9,6 @@ import asyncio
 import base64
 import struct
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -28,9 +27,9 @@ from marketdata.ingest.websocket import (
     mask,
     open_market_stream,
 )
-from marketdata.simulator import SimConfig, SimExchange
+from marketdata.tests.test_simulator_ws import started
 
-START = int(datetime(2024, 3, 1, 12, tzinfo=UTC).timestamp() * 1000)
+SYMBOLS = ("BTCUSDT", "ETHUSDT")
 TIMEOUT = 15.0
 
 
@@ -154,11 +153,7 @@ def test_the_accept_key_is_the_rfc_example():
 @given(st.lists(st.binary(min_size=0, max_size=400), min_size=1, max_size=30), st.data())
 def test_messages_split_anywhere_across_reads_come_out_whole_and_in_order(payloads, data):
     async def scenario() -> list[str | bytes]:
-        received: list[str | bytes] = []
-        protocol = MarketDataProtocol(on_frame=received.append, host="h", resource="/ws", heartbeat=None)
-        protocol.handshake.set_result(None)
-        transport = FakeTransport()
-        protocol.transport = transport  # type: ignore[assignment]
+        protocol, _transport, received = opened_protocol()
         stream = b"".join(server_frame(0x2, payload) for payload in payloads)
         cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=8)))
         for start, end in zip([0, *cuts], [*cuts, len(stream)], strict=True):
@@ -195,6 +190,21 @@ class FakeTransport:
         raise AssertionError("closed")
 
 
+def opened_protocol(
+    on_frame: Callable[[str | bytes], None] | None = None,
+) -> tuple[MarketDataProtocol, FakeTransport, list[str | bytes]]:
+    """A protocol past its handshake on a `FakeTransport` (in a running loop), handing its
+    messages to `on_frame`, by default appending them to the list returned."""
+    received: list[str | bytes] = []
+    protocol = MarketDataProtocol(
+        on_frame=on_frame or received.append, host="h", resource="/ws", heartbeat=None
+    )
+    protocol.handshake.set_result(None)
+    transport = FakeTransport()
+    protocol.transport = transport  # type: ignore[assignment]
+    return protocol, transport, received
+
+
 def test_a_long_burst_lets_the_loop_run_between_its_messages():
     async def scenario() -> tuple[list[int], list[str]]:
         order: list[str] = []
@@ -206,10 +216,7 @@ def test_a_long_burst_lets_the_loop_run_between_its_messages():
             if int(payload) == 0:
                 asyncio.get_running_loop().call_soon(order.append, "other work")
 
-        protocol = MarketDataProtocol(on_frame=on_frame, host="h", resource="/ws", heartbeat=None)
-        protocol.handshake.set_result(None)
-        transport = FakeTransport()
-        protocol.transport = transport  # type: ignore[assignment]
+        protocol, transport, _ = opened_protocol(on_frame)
         count = 3 * ws_module.YIELD_EVERY + 5
         protocol.data_received(b"".join(server_frame(0x1, str(n).encode()) for n in range(count)))
         reading = [not transport.paused]  # reading waits while what was received is handed over
@@ -227,11 +234,7 @@ def test_a_long_burst_lets_the_loop_run_between_its_messages():
 
 def test_messages_received_before_the_connection_ended_are_still_handed_over():
     async def scenario() -> list[str | bytes]:
-        received: list[str | bytes] = []
-        protocol = MarketDataProtocol(on_frame=received.append, host="h", resource="/ws", heartbeat=None)
-        protocol.handshake.set_result(None)
-        transport = FakeTransport()
-        protocol.transport = transport  # type: ignore[assignment]
+        protocol, transport, received = opened_protocol()
         count = 2 * ws_module.YIELD_EVERY + 1
         protocol.data_received(b"".join(server_frame(0x1, str(n).encode()) for n in range(count)))
         transport.closing = True  # the connection drops while the rest waits its turn
@@ -393,28 +396,14 @@ async def test_a_server_that_answers_pings_is_kept():
     assert closing.code == 1000
 
 
-# Against the simulator -----------------------------------------------------------------------
-
-
-async def started(**overrides: Any) -> SimExchange:
-    fields: dict[str, Any] = {
-        "port": 0,
-        "symbols": ("BTCUSDT", "ETHUSDT"),
-        "start_ms": START,
-        "history_minutes": 60,
-        "speed": 120.0,
-        "update_interval_s": 0.05,
-    }
-    exchange = SimExchange(SimConfig(**{**fields, **overrides}))
-    await exchange.start()
-    return exchange
+# Against the simulator (started as the simulator's own WebSocket tests start it) ---------------
 
 
 @pytest.mark.asyncio
 async def test_streams_from_the_simulator_are_read_through_its_pings_and_reconnected_on_request():
     # The simulator pings every 0.2 s and drops a client that leaves a ping unanswered for
     # 0.5 s: staying connected for 2 s means every ping was answered.
-    exchange = await started(ping_interval_s=0.2, pong_timeout_s=0.5)
+    exchange = await started(symbols=SYMBOLS, ping_interval_s=0.2, pong_timeout_s=0.5)
     try:
         host, port = exchange.urls.ws.removeprefix("ws://").split("/")[0].split(":")
         profile = exchange_profile("sim", overrides={"sim": {"ws": f"ws://{host}:{port}"}})
@@ -461,7 +450,7 @@ async def test_streams_from_the_simulator_are_read_through_its_pings_and_reconne
 
 @pytest.mark.asyncio
 async def test_dropped_connections_are_reopened_with_backoff():
-    exchange = await started(faults={"ws_drop_every_s": 0.3})
+    exchange = await started(symbols=SYMBOLS, faults={"ws_drop_every_s": 0.3})
     try:
         profile = exchange_profile("sim", overrides={"sim": {"ws": exchange.urls.ws.removesuffix("/ws")}})
         frames: list[bytes | str] = []

@@ -146,6 +146,9 @@ class Environment:
     # Celery worker /metrics: pool process i listens on this port + i (oasis_site/celery.py); 0: off
     # (the default in test).
     worker_metrics_port: int = 9103
+    # `manage.py ingest` processes on one host by default (`--processes`): the symbols dealt
+    # among them, so a close burst is read on several cores.
+    ingest_processes: int = 1
     var_dir: Path = field(repr=False, default=Path("var"))
 
     @property
@@ -321,6 +324,10 @@ def read_environment(environ: Mapping[str, str], *, base_dir: Path) -> Environme
         high=65535,
     )
 
+    ingest_processes = _parse_int(
+        "OASIS_INGEST_PROCESSES", get("OASIS_INGEST_PROCESSES"), default=1, low=1, high=64
+    )
+
     slack_webhook_url = get("OASIS_SLACK_WEBHOOK_URL")
     if slack_webhook_url is not None:
         _check_url(
@@ -395,6 +402,7 @@ def read_environment(environ: Mapping[str, str], *, base_dir: Path) -> Environme
         api_read_rate=api_read_rate,
         api_write_rate=api_write_rate,
         worker_metrics_port=worker_metrics_port,
+        ingest_processes=ingest_processes,
         var_dir=var_dir,
     )
 

@@ -78,6 +78,7 @@ OASIS_SHUTDOWN_DELAY_S = ENV.shutdown_delay_s
 OASIS_SHUTDOWN_GRACE_S = ENV.shutdown_grace_s
 # Celery workers' /metrics: pool process i on this port + i (oasis_site/celery.py); 0: off.
 OASIS_WORKER_METRICS_PORT = ENV.worker_metrics_port
+OASIS_INGEST_PROCESSES = ENV.ingest_processes
 
 SECRET_KEY = ENV.secret_key
 DEBUG = ENV.debug

@@ -54,6 +54,17 @@ class IngestStats:
     pending_gaps: int
 
 
+# Updates of forming candles held while the writer commits a burst (see `on_frame`): at most
+# this many, and for at most `defer_max_s` seconds.
+_DEFER_LIMIT = 100_000
+
+
+def _is_update(raw: str | bytes) -> bool:
+    """A kline update of a forming candle, by a look at its bytes (a frame that is not one,
+    or is malformed, is found out when it is handled)."""
+    return (b'"x":false' if isinstance(raw, bytes) else '"x":false') in raw  # type: ignore[operator]
+
+
 def stream_name(symbol: str, timeframe: Timeframe) -> str:
     return f"{symbol.lower()}@kline_{timeframe.value}"
 
@@ -76,6 +87,8 @@ class IngestEngine:
         storm_reconnects: int = 10,
         storm_window_s: float = 300.0,
         health_alerts: bool = False,
+        instance: str = "",
+        defer_max_s: float = 0.25,
     ) -> None:
         self._profile = profile
         self._symbol_ids = dict(symbol_ids)
@@ -106,12 +119,18 @@ class IngestEngine:
             key: list(holes) for key, holes in (resume_holes or {}).items() if key in self._buffers and holes
         }
         self._backfill_drain_s = backfill_drain_s
+        self._deferred: deque[tuple[str | bytes, int]] = deque()  # (frame, receipt wall ms)
+        self._defer_max_s = defer_max_s
+        self._defer_timer: asyncio.TimerHandle | None = None
+        self._idle_awaited = False
         # Health: a stream silent for `stale_after_s` is stale (its connection is reconnected,
         # once per `stale_after_s`); `storm_reconnects` reconnections within `storm_window_s`
         # are a storm. Both raise alerts (off the loop) when `health_alerts` is on.
         self._stale_after_s = stale_after_s
         self._storm_reconnects, self._storm_window_s = storm_reconnects, storm_window_s
         self._health_alerts = health_alerts
+        # Several ingest processes (shards) raise their own alerts: keys and titles name them.
+        self._alert_suffix, self._alert_named = (f".{instance}", f" ({instance})") if instance else ("", "")
         self._connections: dict[str, StreamConnection] = {}
         self._assisted: dict[str, float] = {}
         self._alert_state: dict[str, bool] = {}
@@ -149,6 +168,7 @@ class IngestEngine:
             tasks.append(asyncio.create_task(self._watch(stop)))
             await asyncio.gather(*tasks)
         finally:
+            self._drain_deferred()
             if self._gap_tasks and self._backfill_drain_s > 0:
                 # A graceful stop: what is being backfilled is written by this instance.
                 _, late = await asyncio.wait(set(self._gap_tasks), timeout=self._backfill_drain_s)
@@ -168,8 +188,44 @@ class IngestEngine:
     # -- frames -----------------------------------------------------------------------------
 
     def on_frame(self, raw: str | bytes) -> None:
-        """Handle one WebSocket frame. Never raises: a bad frame is counted and skipped."""
+        """Handle one WebSocket frame. Never raises: a bad frame is counted and skipped.
+
+        While the writer has closed candles to commit, an update of a forming candle (a frame
+        with `"x":false`) waits: a close burst is followed at once by the new candles' first
+        updates, a thousand frames whose parsing would take the cores the burst's writes need.
+        They are handled, in the order received and with their receipt time, as soon as the
+        writer is idle, before any later final frame, and at most `defer_max_s` after the first
+        of them; nothing is written for them, so only the forming candle's refresh waits.
+        """
         self._frames += 1
+        if self._deferred:
+            if _is_update(raw) and len(self._deferred) < _DEFER_LIMIT:
+                self._deferred.append((raw, int(time.time() * 1000)))
+                return
+            self._drain_deferred()
+        elif _is_update(raw) and self._writer.busy:
+            self._deferred.append((raw, int(time.time() * 1000)))
+            if not self._idle_awaited:
+                self._idle_awaited = True
+                self._writer.when_idle(self._writer_idle)
+            self._defer_timer = asyncio.get_running_loop().call_later(self._defer_max_s, self._drain_deferred)
+            return
+        self._handle(raw, int(time.time() * 1000))
+
+    def _writer_idle(self) -> None:
+        self._idle_awaited = False
+        self._drain_deferred()
+
+    def _drain_deferred(self) -> None:
+        """Handle the deferred updates, oldest first."""
+        if self._defer_timer is not None:
+            self._defer_timer.cancel()
+            self._defer_timer = None
+        deferred, self._deferred = self._deferred, deque()
+        for raw, wall_ms in deferred:
+            self._handle(raw, wall_ms)
+
+    def _handle(self, raw: str | bytes, wall_ms: int) -> None:
         try:
             kline = parse_ws_frame(raw)
         except FrameError as exc:
@@ -181,7 +237,7 @@ class IngestEngine:
         if buffer is None:
             self._reject("unknown_stream", f"{kline.symbol} {kline.timeframe.value} is not subscribed")
             return
-        outcome, gap = buffer.apply(kline, wall_ms=int(time.time() * 1000))
+        outcome, gap = buffer.apply(kline, wall_ms=wall_ms)
         if outcome is Outcome.CLOSED:
             self._closed += 1
             self._submit(kline, source="ws")
@@ -333,12 +389,12 @@ class IngestEngine:
             ):
                 self._assisted[str(label)] = now
                 self.assisted_reconnects += 1
-        exchange = self._profile.name
+        exchange, suffix, named = self._profile.name, self._alert_suffix, self._alert_named
         worst = sorted(stale, key=lambda item: -item[2])[:5]
         self._alert(
-            f"ingest.stale.{exchange}",
+            f"ingest.stale.{exchange}{suffix}",
             bool(stale),
-            title=f"{len(stale)} stream(s) of {exchange} silent over {self._stale_after_s:.0f} s",
+            title=f"{len(stale)} stream(s) of {exchange} silent over {self._stale_after_s:.0f} s{named}",
             detail=", ".join(f"{symbol} {tf.value} {lag:.0f} s" for symbol, tf, lag in worst),
             now=now,
         )
@@ -347,9 +403,10 @@ class IngestEngine:
             sum(1 for at in conn.reconnects if at >= storm_since) for conn in set(self._connections.values())
         )
         self._alert(
-            f"ingest.reconnect_storm.{exchange}",
+            f"ingest.reconnect_storm.{exchange}{suffix}",
             recent >= self._storm_reconnects,
-            title=f"{recent} WebSocket reconnections to {exchange} in {self._storm_window_s / 60:.0f} min",
+            title=f"{recent} WebSocket reconnections to {exchange} in {self._storm_window_s / 60:.0f} min"
+            + named,
             detail="the exchange or the network is dropping connections",
             now=now,
         )

@@ -130,6 +130,8 @@ class CandleWriter:
         self._error: BaseException | None = None
         self._batches = self._candles = self._written = 0
         self._idle = 0  # writers waiting for candles
+        self._in_flight = 0  # batches being written
+        self._when_idle: list[Callable[[], None]] = []
         # Histogram children looked up once: a burst observes a thousand latencies.
         self._latency = {tf: INGEST_LATENCY.labels(tf.value) for tf in Timeframe}
 
@@ -140,6 +142,19 @@ class CandleWriter:
         self._queue.append(write)
         if self._ready is not None:
             self._ready.set()
+
+    @property
+    def busy(self) -> bool:
+        """Candles queued or being written."""
+        return bool(self._queue) or self._in_flight > 0
+
+    def when_idle(self, callback: Callable[[], None]) -> None:
+        """Call `callback` (once, from the event loop) when nothing is queued or being written:
+        soon if that is now."""
+        if self.busy:
+            self._when_idle.append(callback)
+        else:
+            asyncio.get_running_loop().call_soon(callback)
 
     @property
     def stats(self) -> WriterStats:
@@ -203,7 +218,16 @@ class CandleWriter:
                 # statements instead of one writing them all while the others find nothing.
                 size = min(-(-len(queue) // (self._idle + 1)), self._max_batch)
                 batch = [queue.popleft() for _ in range(size)]
-                await self._write(backend, batch)
+                self._in_flight += 1
+                try:
+                    await self._write(backend, batch)
+                finally:
+                    self._in_flight -= 1
+                if not queue and not self._in_flight and self._when_idle:
+                    loop = asyncio.get_running_loop()
+                    for callback in self._when_idle:
+                        loop.call_soon(callback)
+                    self._when_idle.clear()
         except Exception as exc:  # recorded, reported, and raised on leaving `running`
             self._error = exc
             logger.exception("candle_writer_failed")

@@ -1,6 +1,9 @@
 """The engine's handling of single frames: bad ones are counted by kind, logged once, skipped."""
 
+import asyncio
 import logging
+import time
+from decimal import Decimal
 
 import orjson
 
@@ -13,11 +16,36 @@ T0 = 1_677_628_800_000
 
 
 class ListWriter:
+    busy = False  # writes at once: an update is never held back
+
     def __init__(self) -> None:
         self.writes: list[CandleWrite] = []
 
     def submit(self, write: CandleWrite) -> None:
         self.writes.append(write)
+
+
+class BusyWriter(ListWriter):
+    """A writer with a burst to commit until `idle()` is called."""
+
+    busy = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waiting: list = []
+
+    def when_idle(self, callback) -> None:
+        self.waiting.append(callback)
+
+    def idle(self) -> None:
+        self.busy = False
+        for callback in self.waiting:
+            callback()
+        self.waiting.clear()
+
+
+def update(symbol: str, open_time: int, close: str) -> bytes:
+    return final(symbol, open_time, close).replace(b'"x":true', b'"x":false')
 
 
 def final(symbol: str, open_time: int, close: str = "101.00000000") -> bytes:
@@ -38,12 +66,13 @@ def final(symbol: str, open_time: int, close: str = "101.00000000") -> bytes:
     return orjson.dumps({"e": "kline", "E": open_time + 60_001, "s": symbol, "k": body})
 
 
-def engine(writer: ListWriter) -> IngestEngine:
+def engine(writer: ListWriter, **options) -> IngestEngine:
     return IngestEngine(
         profile=exchange_profile("sim"),
-        symbol_ids={"BTCUSDT": 1},
+        symbol_ids={"BTCUSDT": 1, "ETHUSDT": 2},
         timeframes=[Timeframe.M1],
         writer=writer,  # type: ignore[arg-type]
+        **options,
     )
 
 
@@ -77,3 +106,47 @@ def test_a_duplicate_final_is_ignored_not_written_twice():
     ingest.on_frame(final("BTCUSDT", T0))
     assert ingest.stats.ignored == 1
     assert len(writer.writes) == 1
+
+
+def test_updates_wait_while_the_writer_commits_and_keep_their_order():
+    async def scenario() -> None:
+        writer = BusyWriter()
+        ingest = engine(writer, defer_max_s=60)
+        buffer = ingest._buffers[("BTCUSDT", Timeframe.M1)]
+        ingest.on_frame(update("BTCUSDT", T0, "100.50000000"))
+        ingest.on_frame(update("ETHUSDT", T0, "100.70000000"))
+        assert buffer.forming is None  # held: the writer is busy
+        assert ingest.stats.frames == 2
+        # A final is never held, and the updates received before it are handled first: the
+        # update of the candle it closes is a forming candle, not a stale frame.
+        ingest.on_frame(final("BTCUSDT", T0))
+        assert [w.kline.open_time_ms for w in writer.writes] == [T0]
+        assert ingest.stats.ignored == 0
+        assert ingest._buffers[("ETHUSDT", Timeframe.M1)].forming.close == Decimal("100.70000000")
+        # Held again until the writer is idle, then handled with the time they were received.
+        received_ms = int(time.time() * 1000)
+        ingest.on_frame(update("BTCUSDT", T0 + 60_000, "101.25000000"))
+        assert buffer.forming is None
+        await asyncio.sleep(0.1)
+        writer.idle()
+        assert buffer.forming is not None
+        assert buffer.forming.close == Decimal("101.25000000")
+        assert received_ms <= buffer.last_frame_wall_ms < received_ms + 50  # received, not handled
+        assert ingest.stats.frames == 4
+
+    asyncio.run(scenario())
+
+
+def test_held_updates_are_handled_after_defer_max_s_even_if_the_writer_stays_busy():
+    async def scenario() -> None:
+        writer = BusyWriter()
+        ingest = engine(writer, defer_max_s=0.05)
+        ingest.on_frame(update("BTCUSDT", T0, "100.50000000"))
+        ingest.on_frame(b'{"e":"kline","x":false')  # malformed: counted when handled
+        assert ingest.stats.rejected == 0
+        await asyncio.sleep(0.2)
+        assert ingest._buffers[("BTCUSDT", Timeframe.M1)].forming is not None
+        assert ingest.stats.rejected == 1
+        assert len(writer.waiting) == 1  # asked once for the idle call, not per held frame
+
+    asyncio.run(scenario())

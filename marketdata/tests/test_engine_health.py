@@ -81,3 +81,31 @@ def test_stale_streams_are_reconnected_and_alerted_then_resolved():
 
     asyncio.run(scenario())
     assert engine.assisted_reconnects == 2
+
+
+def test_an_ingest_shard_raises_its_own_alerts():
+    """Two ingest processes (shards) each judge their own streams: with `instance` set, the keys
+    and titles name the process, so one shard's all-clear never resolves the other's alert."""
+    engines = [
+        IngestEngine(
+            profile=exchange_profile("sim"),
+            symbol_ids={symbol: index},
+            timeframes=[Timeframe.M1],
+            writer=None,  # type: ignore[arg-type]
+            stale_after_s=30,
+            health_alerts=True,
+            instance=instance,
+        )
+        for index, (symbol, instance) in enumerate((("BTCUSDT", "p1"), ("ETHUSDT", "p2")), start=1)
+    ]
+
+    async def scenario() -> None:
+        engines[0]._health([("BTCUSDT", Timeframe.M1, 45.0)], now=1000.0)
+        engines[1]._health([], now=1000.0)  # the other shard is healthy
+        await asyncio.gather(*engines[0]._health_calls, *engines[1]._health_calls)
+        alert = await asyncio.to_thread(alert_of, "ingest.stale.sim.p1")
+        assert alert.state == "firing"
+        assert alert.title.endswith("(p1)")
+        assert not await asyncio.to_thread(lambda: Alert.objects.filter(key="ingest.stale.sim").exists())
+
+    asyncio.run(scenario())

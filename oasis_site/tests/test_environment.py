@@ -142,6 +142,8 @@ def test_database_url_forms():
         ("OASIS_SHUTDOWN_DELAY_S", "soon", "OASIS_SHUTDOWN_DELAY_S must be a number of seconds such as 0"),
         ("OASIS_SHUTDOWN_GRACE_S", "-1", "OASIS_SHUTDOWN_GRACE_S must be between 0 and 600 seconds"),
         ("OASIS_SHUTDOWN_GRACE_S", "601", "OASIS_SHUTDOWN_GRACE_S must be between 0 and 600 seconds"),
+        ("OASIS_INGEST_PROCESSES", "0", "OASIS_INGEST_PROCESSES must be between 1 and 64"),
+        ("OASIS_INGEST_PROCESSES", "two", "OASIS_INGEST_PROCESSES must be a whole number"),
         (
             "OASIS_INGEST_METRICS_URL",
             "ingest:9101",
@@ -190,6 +192,11 @@ def test_exchange_endpoints_are_configuration():
     }
     assert read().exchange == "sim"
     assert read().exchange_urls == {}
+
+
+def test_ingest_processes_default_to_one():
+    assert read().ingest_processes == 1
+    assert read(OASIS_INGEST_PROCESSES="2").ingest_processes == 2
 
 
 def test_the_ingest_metrics_url_lists_one_url_per_shard():

@@ -648,6 +648,8 @@ def check_ingest_shards(resources: list[Resource]) -> list[str]:
             if symbol in seen:
                 problems.append(f"{symbol} is ingested by {seen[symbol]} and {shard['metadata']['name']}")
             seen[symbol] = shard["metadata"]["name"]
+        if option(command, "--instance") != shard["metadata"]["name"].removeprefix("oasis-"):
+            problems.append(f"{name_of(shard)}: --instance must name the shard (its alert keys)")
         shard_timeframes = (option(command, "--timeframes") or "").split(",")
         if shard_timeframes != timeframes:
             problems.append(

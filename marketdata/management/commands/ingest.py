@@ -1,6 +1,7 @@
 import asyncio
 import gc
 import signal
+import sys
 import time
 from typing import Any
 
@@ -13,6 +14,7 @@ from audit.monitors import ServiceLevelMonitor
 from marketdata.exchanges import PROFILES, exchange_profile
 from marketdata.ingest.derived import DerivedRefresher
 from marketdata.ingest.engine import IngestEngine
+from marketdata.ingest.shards import ShardSupervisor, partition, shard_instance
 from marketdata.ingest.writer import CandleWriter
 from marketdata.management.options import symbols_option, timeframes_option
 from marketdata.selectors import candle_recent_holes, candle_resume_points
@@ -50,7 +52,24 @@ class Command(BaseCommand):
             help="hours back from now in which holes between stored candles are backfilled at start",
         )
         parser.add_argument(
-            "--metrics-port", type=int, default=9101, help="Prometheus metrics port on OASIS_BIND (0: off)"
+            "--metrics-port",
+            type=int,
+            default=9101,
+            help="Prometheus metrics port on OASIS_BIND (0: off); with --processes, process i (0-based) "
+            "uses this port + 100 x i",
+        )
+        parser.add_argument(
+            "--processes",
+            type=int,
+            default=settings.OASIS_INGEST_PROCESSES,
+            help="ingest processes on this host, the symbols dealt among them (each takes every "
+            "timeframe of its symbols); default OASIS_INGEST_PROCESSES",
+        )
+        parser.add_argument(
+            "--instance",
+            default="",
+            help="this process's name in its alert keys and titles, when several ingest at once "
+            "(shards of one exchange); the processes of --processes get <instance>.p1, .p2, …",
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -64,6 +83,12 @@ class Command(BaseCommand):
             raise CommandError("--lookback must be 0 or more")
         if options["hole_window"] < 0:
             raise CommandError("--hole-window must be 0 or more (hours)")
+        instance = options["instance"].strip()
+        if instance and not all(ch.isalnum() or ch in "-_." for ch in instance):
+            raise CommandError("--instance takes letters, digits, '-', '_' and '.' only")
+        if options["processes"] != 1:
+            self._supervise(profile.name, list(symbol_ids), timeframes, instance, options)
+            return
         if options["metrics_port"]:
             start_http_server(options["metrics_port"], addr=settings.OASIS_BIND)
         resume = candle_resume_points(symbol_ids=symbol_ids, timeframes=timeframes)
@@ -79,17 +104,18 @@ class Command(BaseCommand):
             f"{sum(len(h) for h in holes.values())} holes behind them to backfill"
         )
         self.stdout.flush()
+        suffix, named = (f".{instance}", f" ({instance})") if instance else ("", "")
         monitor = ServiceLevelMonitor(
-            key="slo.ingest_p95",
-            title="WS → persisted",
+            key=f"slo.ingest_p95{suffix}",
+            title=f"WS → persisted{named}",
             threshold_ms=settings.OASIS_SLO_INGEST_P95_MS,
             window_s=settings.OASIS_SLO_WINDOW_S,
             interval_s=settings.OASIS_SLO_CHECK_S,
             actor="system:ingest",
         )
         post_close = ServiceLevelMonitor(
-            key="slo.post_close_p95",
-            title="Close → calculated",
+            key=f"slo.post_close_p95{suffix}",
+            title=f"Close → calculated{named}",
             threshold_ms=settings.OASIS_SLO_POST_CLOSE_P95_MS,
             window_s=settings.OASIS_SLO_WINDOW_S,
             interval_s=settings.OASIS_SLO_CHECK_S,
@@ -107,6 +133,7 @@ class Command(BaseCommand):
             lookback_candles=options["lookback"],
             # Stale streams (reconnected, alerted) and reconnect storms raise alerts.
             health_alerts=True,
+            instance=instance,
         )
         # Django, ccxt (every exchange class) and the buffers make a heap of a few hundred
         # thousand objects that live as long as the process: frozen out of the collector's
@@ -125,6 +152,57 @@ class Command(BaseCommand):
             f"{stats.rejected} rejected, {stats.ignored} ignored; {written.candles} candles committed "
             f"({written.written} new or changed rows) in {written.batches} batches"
         )
+
+    def _supervise(
+        self, exchange: str, names: list[str], timeframes: list[Any], instance: str, options: dict[str, Any]
+    ) -> None:
+        """--processes N: N shard processes of this command, supervised until a stop signal."""
+        try:
+            shards = partition(names, options["processes"])
+        except ValueError as exc:
+            raise CommandError(f"--processes: {exc}") from None
+        commands = []
+        for index, shard in enumerate(shards):
+            # + 100 x i: clear of the trade process (9102) and the Celery pool (9103 + i).
+            port = options["metrics_port"] + 100 * index if options["metrics_port"] else 0
+            commands.append(
+                [
+                    sys.executable,
+                    str(settings.BASE_DIR / "manage.py"),
+                    "ingest",
+                    "--exchange", exchange,
+                    "--symbols", ",".join(shard),
+                    "--timeframes", ",".join(tf.value for tf in timeframes),
+                    "--lookback", str(options["lookback"]),
+                    "--hole-window", str(options["hole_window"]),
+                    "--metrics-port", str(port),
+                    "--processes", "1",
+                    "--instance", shard_instance(instance, index),
+                ]
+            )  # fmt: skip
+            self.stdout.write(
+                f"process {index + 1} ({shard_instance(instance, index)}): {len(shard)} symbols"
+                + (f", metrics on port {port}" if port else "")
+            )
+        self.stdout.flush()
+        exits = ShardSupervisor(commands, write=self._say).run()
+        first = exits[0]
+        if not first.requested:
+            raise CommandError(
+                f"ingest process {first.index + 1} ({shard_instance(instance, first.index)}) exited "
+                f"with code {first.code}; the other processes were stopped"
+            )
+        failed = [exit for exit in exits if exit.code != 0]
+        if failed:
+            raise CommandError(
+                "ingest processes did not stop cleanly: "
+                + ", ".join(f"{exit.index + 1} (code {exit.code})" for exit in failed)
+            )
+        self.stdout.write(f"stopped: all {len(exits)} ingest processes drained")
+
+    def _say(self, line: str) -> None:
+        self.stdout.write(line)
+        self.stdout.flush()
 
     async def _run(self, engine: IngestEngine, writer: CandleWriter) -> None:
         stop = asyncio.Event()

@@ -1,14 +1,18 @@
 """Ingestion latency with N symbols whose 1m candles all close at the same instant.
 
 The simulator runs in its own process (`manage.py simexchange`, accelerated clock); this
-process is the ingest process: the same IngestEngine and CandleWriter as `manage.py ingest`,
-on a throw-away PostgreSQL database. With `--processes N` the symbols are split as `manage.py
-ingest --processes N` splits them, each shard ingested by a forked process of its own (CPU is
-then their sum, RSS the largest). Latency is the exchange's event time E of each closing frame
-→ the commit of its candle. Lost and duplicate counts compare the stored candles with the
-simulator's truth endpoint, row by row.
+process is the ingest process: the same IngestEngine, CandleWriter and commit hook
+(DerivedRefresher: broadcasts, derived candles, rule evaluation) as `manage.py ingest`, on a
+throw-away PostgreSQL database. With REDIS_URL set, as deployed: derived refreshes go to Celery
+queues (purged after each run: no worker runs here) and broadcasts to Redis; without it, the
+embedded mode (derived candles computed in the process's worker thread). With `--processes N`
+the symbols are split as `manage.py ingest --processes N` splits them, each shard ingested by a
+forked process of its own (CPU is then their sum, RSS the largest). Latency is the exchange's
+event time E of each closing frame → the commit of its candle. Lost and duplicate counts compare
+the stored candles with the simulator's truth endpoint, row by row.
 
-    DATABASE_URL=postgres://postgres@127.0.0.1:5432/oasis .venv/bin/python bench/ingest.py
+    DATABASE_URL=postgres://postgres@127.0.0.1:5432/oasis REDIS_URL=redis://127.0.0.1:6379/5 \
+        .venv/bin/python bench/ingest.py
     ... bench/ingest.py --symbols 100,1000 --closes 12 --runs 3 --processes 1,2
 """
 
@@ -47,6 +51,7 @@ from django.test.utils import setup_databases, teardown_databases  # noqa: E402
 
 from marketdata.core.timeframes import Timeframe  # noqa: E402
 from marketdata.exchanges import ExchangeProfile, exchange_profile  # noqa: E402
+from marketdata.ingest.derived import DerivedRefresher  # noqa: E402
 from marketdata.ingest.engine import IngestEngine  # noqa: E402
 from marketdata.ingest.shards import partition  # noqa: E402
 from marketdata.ingest.writer import CandleWriter  # noqa: E402
@@ -123,12 +128,16 @@ def ingest_shard(
     result = ShardResult()
     burst_sizes: dict[int, int] = {}  # live closes committed per open time, counted as they come
 
+    # The command's commit hook too: dashboards' broadcasts, derived candles, rule evaluation.
+    refresher = DerivedRefresher()
+
     def committed(batch: list[CandleWrite], at: float, took: float) -> None:
         result.write_seconds.append(took)
         for write in batch:
             if write.source == "ws" and write.kline.event_time_ms is not None:
                 result.samples.append((write.kline.open_time_ms, at - write.kline.event_time_ms / 1000))
                 burst_sizes[write.kline.open_time_ms] = burst_sizes.get(write.kline.open_time_ms, 0) + 1
+        refresher.after_commit(batch, at, took)
 
     def complete() -> int:
         return sum(1 for size in burst_sizes.values() if size == len(symbol_ids))
@@ -145,6 +154,7 @@ def ingest_shard(
             super().on_frame(raw)
 
     writer = CandleWriter(connections=writers, on_committed=committed)
+    refresher.hold_while_busy(writer)
     engine = TimedEngine(
         profile=profile, symbol_ids=symbol_ids, timeframes=[Timeframe.M1], writer=writer, lookback_candles=0
     )
@@ -163,7 +173,10 @@ def ingest_shard(
     usage_before = resource.getrusage(resource.RUSAGE_SELF)
     gc.collect()
     gc.freeze()  # as `manage.py ingest` does after start-up
-    asyncio.run(run())
+    try:
+        asyncio.run(run())
+    finally:
+        refresher.close()
     usage = resource.getrusage(resource.RUSAGE_SELF)
     result.cpu_s = (usage.ru_utime - usage_before.ru_utime) + (usage.ru_stime - usage_before.ru_stime)
     result.peak_rss_mib = usage.ru_maxrss / 1024
@@ -273,6 +286,10 @@ def one_run(
     finally:
         sim.terminate()
         sim.wait(timeout=30)
+        if os.environ.get("REDIS_URL"):
+            from oasis_site.celery import app
+
+            app.control.purge()  # the derived refreshes queued for workers that do not run here
 
 
 def _dt(ms: int) -> object:

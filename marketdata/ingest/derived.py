@@ -8,12 +8,23 @@ registered listeners (`marketdata.events`: rules evaluate on it); dashboards get
 candle as soon as it is committed (`marketdata.broadcasts`). All of it runs after the
 commit, reads what is stored and is safe to repeat. A failure is logged and left to the next
 close (and to the gap scan): it never stops ingestion.
+
+While the writer still has candles of a burst to commit, the committed batches are held (at
+most `hold_max_s`) and handed over together once it is idle: the broadcasts are built on the
+event loop and the derived candles and rule evaluations run in a thread that takes the
+interpreter lock from the loop, and at a thousand symbols closing together either, done
+between the burst's writes, made the last candles of the burst wait for the cores and the
+lock (p95 46.9 against 25.2 ms at 1,000 symbols, two processes). The latency monitor still
+records each candle at its commit.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Protocol
 
 import structlog
 from django.conf import settings
@@ -26,6 +37,13 @@ from marketdata.resampling import RefreshRequest, derived_candles_refresh, refre
 from marketdata.services import CandleWrite
 
 logger = structlog.get_logger(__name__)
+
+
+class _Writer(Protocol):
+    @property
+    def busy(self) -> bool: ...
+
+    def when_idle(self, callback: Callable[[], None]) -> None: ...
 
 
 def closed_candle_event(write: CandleWrite, *, symbol: str, committed_at: float) -> ClosedCandle:
@@ -52,6 +70,7 @@ class DerivedRefresher:
         *,
         latency_monitor: ServiceLevelMonitor | None = None,
         post_close_monitor: ServiceLevelMonitor | None = None,
+        hold_max_s: float = 0.25,
     ) -> None:
         self._use_celery = not settings.CELERY_TASK_ALWAYS_EAGER
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="derived-candles")
@@ -62,14 +81,22 @@ class DerivedRefresher:
         # derived one, of the 1m candle that completed its bucket) to its derived candles
         # written and its rules evaluated and their signals stored (the listeners returned).
         self._post_close = post_close_monitor
+        self._writer: _Writer | None = None
+        self._hold_max_s = hold_max_s
+        self._held: list[tuple[list[CandleWrite], float]] = []
+        self._idle_awaited = False
+        self._hold_timer: asyncio.TimerHandle | None = None
+
+    def hold_while_busy(self, writer: _Writer) -> None:
+        """Hold committed batches while `writer` has more of the burst to commit (see the
+        module's docstring)."""
+        self._writer = writer
 
     def after_commit(self, batch: list[CandleWrite], committed_at: float, took: float) -> None:
         """`CandleWriter` on_committed hook (runs on the event loop: only hands work over).
-        Dashboards hear of the batch's candles at once (a non-blocking send), not after the
-        derived candles and the previous batch's rule evaluations, which queue in the thread."""
-        names = {write.symbol_id: write.kline.symbol for write in batch}
-        events = [closed_candle_event(w, symbol=names[w.symbol_id], committed_at=committed_at) for w in batch]
-        candles_broadcast(events)
+        Dashboards hear of the batch's candles once the burst is committed (a non-blocking
+        send), not after the derived candles and the previous batch's rule evaluations, which
+        queue in the thread."""
         if self._monitor is not None:
             for write in batch:
                 event_ms = write.kline.event_time_ms
@@ -77,10 +104,36 @@ class DerivedRefresher:
                     self._monitor.add(
                         write.kline.timeframe.value, committed_at * 1000 - event_ms, at=committed_at
                     )
-        self._executor.submit(self._after_commit, batch, events)
+        self._held.append((batch, committed_at))
+        writer = self._writer
+        if writer is None or not writer.busy:
+            self._release()
+        elif not self._idle_awaited:
+            self._idle_awaited = True
+            writer.when_idle(self._writer_idle)
+            self._hold_timer = asyncio.get_running_loop().call_later(self._hold_max_s, self._release)
+
+    def _writer_idle(self) -> None:
+        self._idle_awaited = False
+        self._release()
+
+    def _release(self) -> None:
+        """Hand the held batches over, oldest first."""
+        if self._hold_timer is not None:
+            self._hold_timer.cancel()
+            self._hold_timer = None
+        held, self._held = self._held, []
+        for batch, committed_at in held:
+            names = {write.symbol_id: write.kline.symbol for write in batch}
+            events = [
+                closed_candle_event(w, symbol=names[w.symbol_id], committed_at=committed_at) for w in batch
+            ]
+            candles_broadcast(events)
+            self._executor.submit(self._after_commit, batch, events)
 
     def close(self) -> None:
-        """Finish what was handed over, then release this thread's database connection."""
+        """Hand over what is held, finish it, then release this thread's database connection."""
+        self._release()
         self._executor.submit(connections.close_all)
         self._executor.shutdown(wait=True)
 

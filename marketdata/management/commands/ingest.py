@@ -123,6 +123,7 @@ class Command(BaseCommand):
         )
         refresher = DerivedRefresher(latency_monitor=monitor, post_close_monitor=post_close)
         writer = CandleWriter(on_committed=refresher.after_commit)
+        refresher.hold_while_busy(writer)
         engine = IngestEngine(
             profile=profile,
             symbol_ids=symbol_ids,

@@ -6,6 +6,7 @@ candle at its commit, held or not."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from decimal import Decimal
 
 import pytest
@@ -23,9 +24,9 @@ T0 = 1_677_628_800_000
 class Writer:
     def __init__(self, busy: bool) -> None:
         self.busy = busy
-        self.waiting: list = []
+        self.waiting: list[Callable[[], None]] = []
 
-    def when_idle(self, callback) -> None:
+    def when_idle(self, callback: Callable[[], None]) -> None:
         self.waiting.append(callback)
 
     def idle(self) -> None:
@@ -61,9 +62,11 @@ def handed(monkeypatch):
 
 def refresher_for(handed, **options) -> DerivedRefresher:
     refresher = DerivedRefresher(**options)
-    refresher._after_commit = lambda writes, events: handed.append(  # type: ignore[method-assign]
-        ("thread", [w.kline.open_time_ms for w in writes])
-    )
+
+    def in_thread(batch: list[CandleWrite], events: object) -> None:
+        handed.append(("thread", [write.kline.open_time_ms for write in batch]))
+
+    refresher._after_commit = in_thread  # type: ignore[method-assign]
     return refresher
 
 

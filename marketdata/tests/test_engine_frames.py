@@ -3,6 +3,7 @@
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from decimal import Decimal
 
 import orjson
@@ -32,9 +33,9 @@ class BusyWriter(ListWriter):
 
     def __init__(self) -> None:
         super().__init__()
-        self.waiting: list = []
+        self.waiting: list[Callable[[], None]] = []
 
-    def when_idle(self, callback) -> None:
+    def when_idle(self, callback: Callable[[], None]) -> None:
         self.waiting.append(callback)
 
     def idle(self) -> None:
@@ -108,6 +109,11 @@ def test_a_duplicate_final_is_ignored_not_written_twice():
     assert len(writer.writes) == 1
 
 
+def forming_close(ingest: IngestEngine, symbol: str) -> Decimal | None:
+    forming = ingest._buffers[(symbol, Timeframe.M1)].forming
+    return None if forming is None else forming.close
+
+
 def test_updates_wait_while_the_writer_commits_and_keep_their_order():
     async def scenario() -> None:
         writer = BusyWriter()
@@ -122,15 +128,15 @@ def test_updates_wait_while_the_writer_commits_and_keep_their_order():
         ingest.on_frame(final("BTCUSDT", T0))
         assert [w.kline.open_time_ms for w in writer.writes] == [T0]
         assert ingest.stats.ignored == 0
-        assert ingest._buffers[("ETHUSDT", Timeframe.M1)].forming.close == Decimal("100.70000000")
+        assert forming_close(ingest, "ETHUSDT") == Decimal("100.70000000")
         # Held again until the writer is idle, then handled with the time they were received.
         received_ms = int(time.time() * 1000)
         ingest.on_frame(update("BTCUSDT", T0 + 60_000, "101.25000000"))
-        assert buffer.forming is None
+        assert forming_close(ingest, "BTCUSDT") is None
         await asyncio.sleep(0.1)
         writer.idle()
-        assert buffer.forming is not None
-        assert buffer.forming.close == Decimal("101.25000000")
+        assert forming_close(ingest, "BTCUSDT") == Decimal("101.25000000")
+        assert buffer.last_frame_wall_ms is not None
         assert received_ms <= buffer.last_frame_wall_ms < received_ms + 50  # received, not handled
         assert ingest.stats.frames == 4
 

@@ -106,6 +106,7 @@ class CandleWriter:
         *,
         connections: int = 2,
         max_batch: int = 2000,
+        idle_settle_s: float = 0.005,
         on_committed: Callable[[list[CandleWrite], float, float], None] | None = None,
     ) -> None:
         if connections < 1:
@@ -132,6 +133,8 @@ class CandleWriter:
         self._idle = 0  # writers waiting for candles
         self._in_flight = 0  # batches being written
         self._when_idle: list[Callable[[], None]] = []
+        self._idle_settle_s = idle_settle_s
+        self._idle_since = 0.0  # loop time the writer last became idle
         # Histogram children looked up once: a burst observes a thousand latencies.
         self._latency = {tf: INGEST_LATENCY.labels(tf.value) for tf in Timeframe}
 
@@ -149,12 +152,21 @@ class CandleWriter:
         return bool(self._queue) or self._in_flight > 0
 
     def when_idle(self, callback: Callable[[], None]) -> None:
-        """Call `callback` (once, from the event loop) when nothing is queued or being written:
-        soon if that is now."""
+        """Call `callback` (once, from the event loop) when the writer has been idle (nothing
+        queued or being written) for `idle_settle_s`: the burst is over, not between two of
+        its batches. Soon if it is idle now."""
         if self.busy:
             self._when_idle.append(callback)
         else:
             asyncio.get_running_loop().call_soon(callback)
+
+    def _idle_settled(self) -> None:
+        idle_for = asyncio.get_running_loop().time() - self._idle_since
+        if self.busy or not self._when_idle or idle_for < self._idle_settle_s * 0.999:
+            return  # more came since: the check of the newest idle moment decides
+        callbacks, self._when_idle = self._when_idle, []
+        for callback in callbacks:
+            callback()
 
     @property
     def stats(self) -> WriterStats:
@@ -225,9 +237,8 @@ class CandleWriter:
                     self._in_flight -= 1
                 if not queue and not self._in_flight and self._when_idle:
                     loop = asyncio.get_running_loop()
-                    for callback in self._when_idle:
-                        loop.call_soon(callback)
-                    self._when_idle.clear()
+                    self._idle_since = loop.time()
+                    loop.call_later(self._idle_settle_s, self._idle_settled)
         except Exception as exc:  # recorded, reported, and raised on leaving `running`
             self._error = exc
             logger.exception("candle_writer_failed")

@@ -86,3 +86,36 @@ def test_a_lost_database_connection_is_reopened_and_nothing_is_lost():
     assert asyncio.run(run()) == 1
     assert Candle.objects.count() == 100
     assert writer.stats.written == 100
+
+
+def test_when_idle_waits_for_the_whole_burst_not_a_pause_between_batches():
+    symbols = SymbolFactory.create_batch(40)
+    writer = CandleWriter(idle_settle_s=0.2)
+    calls: list[tuple[int, float]] = []  # (candles committed by then, when)
+
+    def busy() -> bool:
+        return writer.busy
+
+    async def burst() -> None:
+        async with writer.running():
+            loop = asyncio.get_running_loop()
+            writer.when_idle(lambda: calls.append((writer.stats.candles, loop.time())))
+            await asyncio.sleep(0.05)
+            assert calls == [(0, calls[0][1])]  # idle at the time of asking: called at once
+            calls.clear()
+            for symbol in symbols[:20]:
+                writer.submit(CandleWrite(symbol.pk, kline(symbol.symbol, open_time_ms=T0), "ws"))
+            assert busy()
+            writer.when_idle(lambda: calls.append((writer.stats.candles, loop.time())))
+            while busy():
+                await asyncio.sleep(0.005)
+            idle_at = loop.time()
+            await asyncio.sleep(0.05)  # a pause within the burst: the rest of it comes
+            for symbol in symbols[20:]:
+                writer.submit(CandleWrite(symbol.pk, kline(symbol.symbol, open_time_ms=T0), "ws"))
+            await asyncio.sleep(0.6)
+            assert len(calls) == 1, calls  # once, after the whole burst
+            assert calls[0][0] == 40
+            assert calls[0][1] >= idle_at + 0.2
+
+    asyncio.run(burst())

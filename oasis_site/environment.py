@@ -73,6 +73,7 @@ KNOWN_VARIABLES: tuple[str, ...] = (
     "OASIS_API_READ_RATE",
     "OASIS_API_WRITE_RATE",
     "OASIS_WORKER_METRICS_PORT",
+    "OASIS_INGEST_PROCESSES",
     # Exchange credentials (trading.credentials reads them; never logged or stored).
     *(
         f"OASIS_{name.upper()}_{kind}"

@@ -21,6 +21,7 @@ import contextlib
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import structlog
@@ -136,6 +137,9 @@ class IngestEngine:
         self._alert_state: dict[str, bool] = {}
         self._alert_refreshed: dict[str, float] = {}
         self._health_calls: set[asyncio.Future[None]] = set()
+        # Alert writes in one thread, one at a time: in the order they were decided (a resolve
+        # never overtakes its raise) and one database writer (SQLite refuses concurrent ones).
+        self._health_executor: ThreadPoolExecutor | None = None
         self.assisted_reconnects = 0
 
     # -- running ----------------------------------------------------------------------------
@@ -178,6 +182,9 @@ class IngestEngine:
                 task.cancel()
             await asyncio.gather(*self._gap_tasks, return_exceptions=True)
             await self._history.close()
+            await asyncio.gather(*self._health_calls, return_exceptions=True)
+            if self._health_executor is not None:
+                self._health_executor.shutdown(wait=False)
 
     @property
     def stats(self) -> IngestStats:
@@ -440,6 +447,8 @@ class IngestEngine:
             finally:
                 connection.close()  # a rare call from a pool thread: no connection left behind
 
-        future = asyncio.get_running_loop().run_in_executor(None, call)
+        if self._health_executor is None:
+            self._health_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-health")
+        future = asyncio.get_running_loop().run_in_executor(self._health_executor, call)
         self._health_calls.add(future)
         future.add_done_callback(self._health_calls.discard)

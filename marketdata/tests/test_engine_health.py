@@ -39,6 +39,15 @@ def alert_of(key: str) -> Alert:
         connection.close()  # a worker thread's own connection
 
 
+def alert_exists(key: str) -> bool:
+    from django.db import connection
+
+    try:
+        return Alert.objects.filter(key=key).exists()
+    finally:
+        connection.close()
+
+
 def test_stale_streams_are_reconnected_and_alerted_then_resolved():
     engine = IngestEngine(
         profile=exchange_profile("sim"),
@@ -106,6 +115,6 @@ def test_an_ingest_shard_raises_its_own_alerts():
         alert = await asyncio.to_thread(alert_of, "ingest.stale.sim.p1")
         assert alert.state == "firing"
         assert alert.title.endswith("(p1)")
-        assert not await asyncio.to_thread(lambda: Alert.objects.filter(key="ingest.stale.sim").exists())
+        assert not await asyncio.to_thread(alert_exists, "ingest.stale.sim")
 
     asyncio.run(scenario())

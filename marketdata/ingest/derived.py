@@ -20,11 +20,8 @@ records each candle at its commit.
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Protocol
 
 import structlog
 from django.conf import settings
@@ -33,17 +30,11 @@ from django.db import connections
 from audit.monitors import ServiceLevelMonitor
 from marketdata.broadcasts import candles_broadcast
 from marketdata.events import ClosedCandle, candles_closed
+from marketdata.ingest.writer import HeldWhileBusy, IdleNotifier
 from marketdata.resampling import RefreshRequest, derived_candles_refresh, refresh_requests
 from marketdata.services import CandleWrite
 
 logger = structlog.get_logger(__name__)
-
-
-class _Writer(Protocol):
-    @property
-    def busy(self) -> bool: ...
-
-    def when_idle(self, callback: Callable[[], None]) -> None: ...
 
 
 def closed_candle_event(write: CandleWrite, *, symbol: str, committed_at: float) -> ClosedCandle:
@@ -81,13 +72,13 @@ class DerivedRefresher:
         # derived one, of the 1m candle that completed its bucket) to its derived candles
         # written and its rules evaluated and their signals stored (the listeners returned).
         self._post_close = post_close_monitor
-        self._writer: _Writer | None = None
-        self._hold_max_s = hold_max_s
-        self._held: list[tuple[list[CandleWrite], float]] = []
-        self._idle_awaited = False
-        self._hold_timer: asyncio.TimerHandle | None = None
+        self._writer: IdleNotifier | None = None
+        # Committed batches held while the writer has more of the burst: (batch, committed at).
+        self._held: HeldWhileBusy[tuple[list[CandleWrite], float]] = HeldWhileBusy(
+            self._hand_over, max_s=hold_max_s
+        )
 
-    def hold_while_busy(self, writer: _Writer) -> None:
+    def hold_while_busy(self, writer: IdleNotifier) -> None:
         """Hold committed batches while `writer` has more of the burst to commit (see the
         module's docstring)."""
         self._writer = writer
@@ -104,26 +95,16 @@ class DerivedRefresher:
                     self._monitor.add(
                         write.kline.timeframe.value, committed_at * 1000 - event_ms, at=committed_at
                     )
-        self._held.append((batch, committed_at))
         writer = self._writer
-        if writer is None or not writer.busy:
-            self._release()
-        elif not self._idle_awaited:
-            self._idle_awaited = True
-            writer.when_idle(self._writer_idle)
-            self._hold_timer = asyncio.get_running_loop().call_later(self._hold_max_s, self._release)
+        if writer is not None and writer.busy:
+            self._held.hold((batch, committed_at), writer)
+            return
+        self._held.release()  # what was committed before this batch goes first
+        self._hand_over([(batch, committed_at)])
 
-    def _writer_idle(self) -> None:
-        self._idle_awaited = False
-        self._release()
-
-    def _release(self) -> None:
-        """Hand the held batches over, oldest first."""
-        if self._hold_timer is not None:
-            self._hold_timer.cancel()
-            self._hold_timer = None
-        held, self._held = self._held, []
-        for batch, committed_at in held:
+    def _hand_over(self, committed: list[tuple[list[CandleWrite], float]]) -> None:
+        """Broadcast the batches' candles and queue their derived candles and rules, oldest first."""
+        for batch, committed_at in committed:
             names = {write.symbol_id: write.kline.symbol for write in batch}
             events = [
                 closed_candle_event(w, symbol=names[w.symbol_id], committed_at=committed_at) for w in batch
@@ -133,7 +114,7 @@ class DerivedRefresher:
 
     def close(self) -> None:
         """Hand over what is held, finish it, then release this thread's database connection."""
-        self._release()
+        self._held.release()
         self._executor.submit(connections.close_all)
         self._executor.shutdown(wait=True)
 

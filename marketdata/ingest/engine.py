@@ -39,7 +39,7 @@ from marketdata.ingest.metrics import (
 )
 from marketdata.ingest.rest import KlineHistory
 from marketdata.ingest.websocket import StreamConnection
-from marketdata.ingest.writer import CandleWriter
+from marketdata.ingest.writer import CandleWriter, HeldWhileBusy
 from marketdata.services import CandleWrite
 
 logger = structlog.get_logger(__name__)
@@ -120,10 +120,10 @@ class IngestEngine:
             key: list(holes) for key, holes in (resume_holes or {}).items() if key in self._buffers and holes
         }
         self._backfill_drain_s = backfill_drain_s
-        self._deferred: deque[tuple[str | bytes, int]] = deque()  # (frame, receipt wall ms)
-        self._defer_max_s = defer_max_s
-        self._defer_timer: asyncio.TimerHandle | None = None
-        self._idle_awaited = False
+        # Updates held while the writer commits a burst: (frame, receipt wall ms).
+        self._deferred: HeldWhileBusy[tuple[str | bytes, int]] = HeldWhileBusy(
+            self._handle_deferred, max_s=defer_max_s
+        )
         # Health: a stream silent for `stale_after_s` is stale (its connection is reconnected,
         # once per `stale_after_s`); `storm_reconnects` reconnections within `storm_window_s`
         # are a storm. Both raise alerts (off the loop) when `health_alerts` is on.
@@ -172,7 +172,7 @@ class IngestEngine:
             tasks.append(asyncio.create_task(self._watch(stop)))
             await asyncio.gather(*tasks)
         finally:
-            self._drain_deferred()
+            self._deferred.release()
             if self._gap_tasks and self._backfill_drain_s > 0:
                 # A graceful stop: what is being backfilled is written by this instance.
                 _, late = await asyncio.wait(set(self._gap_tasks), timeout=self._backfill_drain_s)
@@ -205,30 +205,14 @@ class IngestEngine:
         of them; nothing is written for them, so only the forming candle's refresh waits.
         """
         self._frames += 1
-        if self._deferred:
-            if _is_update(raw) and len(self._deferred) < _DEFER_LIMIT:
-                self._deferred.append((raw, int(time.time() * 1000)))
-                return
-            self._drain_deferred()
-        elif _is_update(raw) and self._writer.busy:
-            self._deferred.append((raw, int(time.time() * 1000)))
-            if not self._idle_awaited:
-                self._idle_awaited = True
-                self._writer.when_idle(self._writer_idle)
-            self._defer_timer = asyncio.get_running_loop().call_later(self._defer_max_s, self._drain_deferred)
+        now_ms = int(time.time() * 1000)
+        if _is_update(raw) and (self._deferred or self._writer.busy) and len(self._deferred) < _DEFER_LIMIT:
+            self._deferred.hold((raw, now_ms), self._writer)
             return
-        self._handle(raw, int(time.time() * 1000))
+        self._deferred.release()  # what was received before this frame is handled before it
+        self._handle(raw, now_ms)
 
-    def _writer_idle(self) -> None:
-        self._idle_awaited = False
-        self._drain_deferred()
-
-    def _drain_deferred(self) -> None:
-        """Handle the deferred updates, oldest first."""
-        if self._defer_timer is not None:
-            self._defer_timer.cancel()
-            self._defer_timer = None
-        deferred, self._deferred = self._deferred, deque()
+    def _handle_deferred(self, deferred: list[tuple[str | bytes, int]]) -> None:
         for raw, wall_ms in deferred:
             self._handle(raw, wall_ms)
 

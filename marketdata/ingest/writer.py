@@ -26,7 +26,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 import psycopg
 import structlog
@@ -95,6 +95,57 @@ class _ThreadBackend:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._executor, connections.close_all)
         self._executor.shutdown(wait=True)
+
+
+class IdleNotifier(Protocol):
+    """What `HeldWhileBusy` needs of a writer (`CandleWriter`, or a test's stand-in)."""
+
+    @property
+    def busy(self) -> bool: ...
+
+    def when_idle(self, callback: Callable[[], None]) -> None: ...
+
+
+_T = TypeVar("_T")
+
+
+class HeldWhileBusy(Generic[_T]):
+    """Work held back while a writer commits a burst, so that it does not take the cores and
+    the interpreter lock from the burst's last writes: handed to `release` (oldest first, all
+    at once) when the writer has been idle for its settle time, or `max_s` after the first item
+    held since the last release, whichever comes first. Call on the event loop."""
+
+    def __init__(self, release: Callable[[list[_T]], None], *, max_s: float) -> None:
+        self._release = release
+        self._max_s = max_s
+        self._items: list[_T] = []
+        self._idle_awaited = False  # one idle call asked of the writer at a time
+        self._timer: asyncio.TimerHandle | None = None
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def hold(self, item: _T, writer: IdleNotifier) -> None:
+        self._items.append(item)
+        if not self._idle_awaited:
+            self._idle_awaited = True
+            writer.when_idle(self._writer_idle)
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self._max_s, self.release)
+
+    def release(self) -> None:
+        """Hand over everything held now (nothing to do, and cheap, when nothing is held)."""
+        if not self._items:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        items, self._items = self._items, []
+        self._release(items)
+
+    def _writer_idle(self) -> None:
+        self._idle_awaited = False
+        self.release()
 
 
 _RETRYABLE = (OperationalError, InterfaceError, psycopg.OperationalError, psycopg.InterfaceError)

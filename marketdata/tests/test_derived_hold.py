@@ -103,8 +103,12 @@ def test_an_idle_writer_means_at_once_and_a_busy_one_at_most_hold_max_s(handed):
         await asyncio.sleep(0.01)
         assert [times for _, times in handed if times == [T0 + 60_000]] == []
         await asyncio.sleep(0.2)  # the writer stays busy (a long backfill): released anyway
-        refresher.close()
         assert ("broadcast", [T0 + 60_000]) in handed
+        # Still busy: the next batch is held again, and again for at most hold_max_s.
+        refresher.after_commit(batch(T0 + 120_000), 0.0, 0.001)
+        await asyncio.sleep(0.2)
+        assert ("broadcast", [T0 + 120_000]) in handed
+        refresher.close()
         assert ("thread", [T0 + 60_000]) in handed
 
     asyncio.run(scenario())

@@ -24,7 +24,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import FrameType
 
@@ -71,16 +71,12 @@ class ShardSupervisor:
         self,
         commands: Sequence[Sequence[str]],
         *,
-        env: Mapping[str, str] | None = None,
-        cwd: str | None = None,
         poll_s: float = 0.2,
         write: Callable[[str], None] = print,
     ) -> None:
         if not commands:
             raise ValueError("no shard to run")
         self._commands = [list(command) for command in commands]
-        self._env = dict(env) if env is not None else None
-        self._cwd = cwd
         self._poll_s = poll_s
         self._write = write
         self._processes: list[subprocess.Popen[bytes]] = []
@@ -95,8 +91,6 @@ class ShardSupervisor:
                 self._processes.append(
                     subprocess.Popen(  # noqa: S603 - our own manage.py, arguments we built
                         command,
-                        env=self._env,
-                        cwd=self._cwd,
                         preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
                     )
                 )

@@ -6,7 +6,6 @@ candle at its commit, held or not."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from decimal import Decimal
 
 import pytest
@@ -17,23 +16,9 @@ from marketdata.core.timeframes import Timeframe
 from marketdata.ingest import derived
 from marketdata.ingest.derived import DerivedRefresher
 from marketdata.services import CandleWrite
+from marketdata.tests.test_engine_frames import BusyWriter
 
 T0 = 1_677_628_800_000
-
-
-class Writer:
-    def __init__(self, busy: bool) -> None:
-        self.busy = busy
-        self.waiting: list[Callable[[], None]] = []
-
-    def when_idle(self, callback: Callable[[], None]) -> None:
-        self.waiting.append(callback)
-
-    def idle(self) -> None:
-        self.busy = False
-        for callback in self.waiting:
-            callback()
-        self.waiting.clear()
 
 
 def batch(*open_times: int) -> list[CandleWrite]:
@@ -74,7 +59,7 @@ def test_batches_wait_for_the_writer_to_be_idle_then_go_in_commit_order(handed):
     async def scenario() -> None:
         monitor = ServiceLevelMonitor(key="slo.test", title="t", threshold_ms=300, grace_s=0)
         refresher = refresher_for(handed, latency_monitor=monitor, hold_max_s=60)
-        writer = Writer(busy=True)
+        writer = BusyWriter()
         refresher.hold_while_busy(writer)
         refresher.after_commit(batch(T0), (T0 + 60_010) / 1000, 0.001)
         refresher.after_commit(batch(T0 + 60_000), (T0 + 120_020) / 1000, 0.001)
@@ -94,7 +79,8 @@ def test_batches_wait_for_the_writer_to_be_idle_then_go_in_commit_order(handed):
 def test_an_idle_writer_means_at_once_and_a_busy_one_at_most_hold_max_s(handed):
     async def scenario() -> None:
         refresher = refresher_for(handed, hold_max_s=0.05)
-        writer = Writer(busy=False)
+        writer = BusyWriter()
+        writer.busy = False
         refresher.hold_while_busy(writer)
         refresher.after_commit(batch(T0), 0.0, 0.001)
         assert ("broadcast", [T0]) in handed  # not held: nothing else to commit

@@ -48,6 +48,15 @@ def streams() -> list[tuple[int, str, int]]:
     ]
 
 
+def wait_caught_up(sim, log, *, timeout: float = 60) -> dict[str, int]:
+    """Wait until every stream has stored the simulator's newest closed candle of its timeframe
+    as of now; return those open times by timeframe."""
+    until = {tf: newest_closed_open_ms(sim, ms) for tf, ms in TIMEFRAMES.items()}
+    for tf in TIMEFRAMES:
+        wait_until_stored([s for s in streams() if s[1] == tf], until[tf], timeout=timeout, log=log)
+    return until
+
+
 def assert_exactly_the_simulators_candles(sim, until: dict[str, int]) -> None:
     names = dict(Symbol.objects.filter(exchange="sim").values_list("pk", "symbol"))
     for symbol_id, tf, _ in streams():
@@ -94,9 +103,7 @@ def test_ingest_through_faults_stores_exactly_the_simulators_candles(sim, tmp_pa
     try:
         time.sleep(8)  # about 16 simulated minutes under every fault at once
         sim_faults(sim, None)
-        until = {tf: newest_closed_open_ms(sim, ms) for tf, ms in TIMEFRAMES.items()}
-        for tf in TIMEFRAMES:
-            wait_until_stored([s for s in streams() if s[1] == tf], until[tf], timeout=60, log=log)
+        until = wait_caught_up(sim, log)
     finally:
         stop_ingest(process, log)
     assert_exactly_the_simulators_candles(sim, until)
@@ -126,10 +133,8 @@ def test_sigkill_then_restart_backfills_the_gap(sim, tmp_path):
     time.sleep(4)  # about 8 simulated minutes pass with nobody listening
     second = start_ingest(sim, *args, log=log)
     try:
-        until = {tf: newest_closed_open_ms(sim, ms) for tf, ms in TIMEFRAMES.items()}
+        until = wait_caught_up(sim, log)
         assert until["1m"] >= killed_at["1m"] + 5 * 60_000
-        for tf in TIMEFRAMES:
-            wait_until_stored([s for s in streams() if s[1] == tf], until[tf], timeout=60, log=log)
     finally:
         stop_ingest(second, log)
     assert_exactly_the_simulators_candles(sim, until)

@@ -22,7 +22,12 @@ from marketdata.tests.ingest_harness import (
     stop_ingest,
     wait_until_stored,
 )
-from marketdata.tests.test_ingest_e2e import TIMEFRAMES, assert_exactly_the_simulators_candles, streams
+from marketdata.tests.test_ingest_e2e import (
+    TIMEFRAMES,
+    assert_exactly_the_simulators_candles,
+    streams,
+    wait_caught_up,
+)
 
 SYMBOLS = ("BTCUSDT", "ETHUSDT", "SOLUSDT")
 ARGS = ("--symbols", "all", "--timeframes", "1m,3m", "--lookback", "5", "--processes", "2")
@@ -78,9 +83,7 @@ def test_two_processes_store_exactly_the_simulators_candles_and_both_drain_on_si
     try:
         _pids(log)
         time.sleep(5)  # 10 simulated minutes: live closes on every stream, after the lookbacks
-        until = {tf: newest_closed_open_ms(sim, ms) for tf, ms in TIMEFRAMES.items()}
-        for tf in TIMEFRAMES:
-            wait_until_stored([s for s in streams() if s[1] == tf], until[tf], timeout=60, log=log)
+        until = wait_caught_up(sim, log)
     finally:
         stop_ingest(process, log)  # exit status 0 required
     text = log.read_text()
@@ -116,10 +119,8 @@ def test_a_process_that_dies_stops_the_other_and_a_restart_backfills_the_gap(sim
     time.sleep(3)  # about 6 simulated minutes pass with nobody listening
     again = start_ingest(sim, *ARGS, log=log)
     try:
-        until = {tf: newest_closed_open_ms(sim, ms) for tf, ms in TIMEFRAMES.items()}
+        until = wait_caught_up(sim, log)
         assert until["1m"] >= killed_at["1m"] + 4 * 60_000
-        for tf in TIMEFRAMES:
-            wait_until_stored([s for s in streams() if s[1] == tf], until[tf], timeout=60, log=log)
     finally:
         stop_ingest(again, log)
     assert_exactly_the_simulators_candles(sim, until)

@@ -25,7 +25,6 @@ from marketdata.selectors import candle_recent_holes
 from marketdata.simulator import SimConfig, SimExchangeThread
 from marketdata.simulator.symbols import generated_names
 from marketdata.tests.ingest_harness import (
-    newest_closed_open_ms,
     sim_faults,
     sim_get,
     sim_in_use,
@@ -33,14 +32,13 @@ from marketdata.tests.ingest_harness import (
     stop_ingest,
     stored_rows,
     truth_rows,
-    wait_until_stored,
 )
+from marketdata.tests.test_ingest_e2e import TIMEFRAMES, streams, wait_caught_up
 from oasis_site.tests.stack_harness import stop_gracefully
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
 SYMBOLS = tuple(generated_names(150))
-TIMEFRAMES = {"1m": 60_000, "3m": 180_000}
 SPEED = 120  # a 1m candle of every symbol closes every half second of wall time
 ARGS = ("--symbols", "all", "--timeframes", "1m,3m", "--lookback", "5")
 STOPPED = re.compile(
@@ -56,17 +54,6 @@ def sim(settings):
     )
     with SimExchangeThread(config) as running, sim_in_use(running, settings):
         yield running
-
-
-def streams() -> list[tuple[int, str, int]]:
-    return [(s.pk, tf, ms) for s in Symbol.objects.filter(exchange="sim") for tf, ms in TIMEFRAMES.items()]
-
-
-def wait_caught_up(sim: SimExchangeThread, log: Path) -> dict[str, int]:
-    until = {tf: newest_closed_open_ms(sim, ms) for tf, ms in TIMEFRAMES.items()}
-    for tf in TIMEFRAMES:
-        wait_until_stored([s for s in streams() if s[1] == tf], until[tf], timeout=90, log=log)
-    return until
 
 
 def wait_lookbacks_done(log: Path) -> None:
@@ -124,7 +111,7 @@ def test_sigterm_under_load_commits_everything_and_the_next_instance_continues(s
     log = tmp_path / "ingest.log"
     first = start_ingest(sim, *ARGS, log=log)
     try:
-        wait_caught_up(sim, log)
+        wait_caught_up(sim, log, timeout=90)
         wait_lookbacks_done(log)
         # Load on top of the closes: 20 streams silenced for 4 candles, their backfills slowed
         # to 0.8 s a request (4 at a time), so backfills are in flight when the stop comes.
@@ -159,7 +146,7 @@ def test_sigterm_under_load_commits_everything_and_the_next_instance_continues(s
     second = start_ingest(sim, *ARGS, log=log)
     try:
         time.sleep(2)
-        until = wait_caught_up(sim, log)
+        until = wait_caught_up(sim, log, timeout=90)
     finally:
         stop_ingest(second, log)
     assert_exactly_the_simulators_candles(sim, until)
@@ -169,7 +156,7 @@ def test_a_hole_behind_the_newest_candle_is_backfilled_at_start(sim, tmp_path):
     log = tmp_path / "ingest.log"
     first = start_ingest(sim, *ARGS, log=log)
     try:
-        wait_caught_up(sim, log)
+        wait_caught_up(sim, log, timeout=90)
         time.sleep(2)
     finally:
         stop_ingest(first, log)
@@ -194,7 +181,7 @@ def test_a_hole_behind_the_newest_candle_is_backfilled_at_start(sim, tmp_path):
 
     second = start_ingest(sim, *ARGS, log=log)
     try:
-        until = wait_caught_up(sim, log)
+        until = wait_caught_up(sim, log, timeout=90)
         deadline = time.monotonic() + 30
         while holes_now(sim) and time.monotonic() < deadline:
             time.sleep(0.25)

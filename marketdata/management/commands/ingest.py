@@ -162,6 +162,7 @@ class Command(BaseCommand):
             shards = partition(names, options["processes"])
         except ValueError as exc:
             raise CommandError(f"--processes: {exc}") from None
+        instances = [shard_instance(instance, index) for index in range(len(shards))]
         commands = []
         for index, shard in enumerate(shards):
             # + 100 x i: clear of the trade process (9102) and the Celery pool (9103 + i).
@@ -178,11 +179,11 @@ class Command(BaseCommand):
                     "--hole-window", str(options["hole_window"]),
                     "--metrics-port", str(port),
                     "--processes", "1",
-                    "--instance", shard_instance(instance, index),
+                    "--instance", instances[index],
                 ]
             )  # fmt: skip
             self.stdout.write(
-                f"process {index + 1} ({shard_instance(instance, index)}): {len(shard)} symbols"
+                f"process {index + 1} ({instances[index]}): {len(shard)} symbols"
                 + (f", metrics on port {port}" if port else "")
             )
         self.stdout.flush()
@@ -190,7 +191,7 @@ class Command(BaseCommand):
         first = exits[0]
         if not first.requested:
             raise CommandError(
-                f"ingest process {first.index + 1} ({shard_instance(instance, first.index)}) exited "
+                f"ingest process {first.index + 1} ({instances[first.index]}) exited "
                 f"with code {first.code}; the other processes were stopped"
             )
         failed = [exit for exit in exits if exit.code != 0]
